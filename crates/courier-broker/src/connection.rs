@@ -1,0 +1,40 @@
+//! Connecting to RabbitMQ.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+/// Errors at the broker boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("could not reach the broker within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("the broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key {0}")]
+    Unroutable(String),
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+impl BrokerError {
+    /// Whether the message was certainly not taken by the broker (as opposed to a
+    /// lost connection, after which it may or may not have been).
+    pub fn refused(&self) -> bool {
+        matches!(self, Self::Nacked | Self::Unroutable(_))
+    }
+}
+
+/// Opens a connection on the current tokio runtime, giving up after `timeout`.
+pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    tokio::time::timeout(timeout, Connection::connect(url, props))
+        .await
+        .map_err(|_| BrokerError::ConnectTimeout(timeout))?
+        .map_err(BrokerError::from)
+}

@@ -1,0 +1,143 @@
+//! Confirmed, mandatory publishing.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+
+use crate::BrokerError;
+
+/// One message to publish, persistent and JSON.
+pub struct Message<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub message_id: Option<&'a str>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Message<'a> {
+    pub fn new(exchange: &'a str, routing_key: &'a str, body: &'a [u8]) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            body,
+            message_id: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_message_id(mut self, id: &'a str) -> Self {
+        self.message_id = Some(id);
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// A channel in confirm mode. Clones share the channel; publishing from many tasks
+/// at once is safe and pipelines their confirms.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    confirm_timeout: Duration,
+}
+
+/// A publish the broker has yet to confirm.
+#[must_use = "a publish is only done once its confirm is awaited"]
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    routing_key: String,
+    timeout: Duration,
+}
+
+impl Publisher {
+    pub async fn new(conn: &Connection, confirm_timeout: Duration) -> Result<Self, BrokerError> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            confirm_timeout,
+        })
+    }
+
+    /// Closes the channel once in-flight confirms are in.
+    pub async fn close(&self) {
+        let _ = self.channel.wait_for_confirms().await;
+        let _ = self.channel.close(200, "closing").await;
+    }
+
+    /// Whether the channel can still publish.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Sends the message; the returned confirm must be awaited.
+    pub async fn send(&self, msg: Message<'_>) -> Result<PendingConfirm, BrokerError> {
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_timestamp(unix_now());
+        if let Some(id) = msg.message_id {
+            props = props.with_message_id(ShortString::from(id));
+        }
+        if !msg.headers.is_empty() {
+            let mut table = FieldTable::default();
+            for (name, value) in msg.headers {
+                table.insert(name.into(), AMQPValue::LongString(value.into()));
+            }
+            props = props.with_headers(table);
+        }
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = tokio::time::timeout(
+            self.confirm_timeout,
+            self.channel
+                .basic_publish(msg.exchange, msg.routing_key, options, msg.body, props),
+        )
+        .await
+        .map_err(|_| BrokerError::ConfirmTimeout(self.confirm_timeout))??;
+        Ok(PendingConfirm {
+            confirm,
+            routing_key: msg.routing_key.to_owned(),
+            timeout: self.confirm_timeout,
+        })
+    }
+
+    /// Sends the message and waits for the broker's confirm.
+    pub async fn publish(&self, msg: Message<'_>) -> Result<(), BrokerError> {
+        self.send(msg).await?.wait().await
+    }
+}
+
+impl PendingConfirm {
+    /// Ok only for an ack of a routed message.
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        let confirmation = tokio::time::timeout(self.timeout, self.confirm)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout(self.timeout))??;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(self.routing_key)),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            // The channel is always in confirm mode.
+            Confirmation::NotRequested => Err(BrokerError::Nacked),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

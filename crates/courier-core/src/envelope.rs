@@ -1,0 +1,112 @@
+//! The batch envelope a subscriber receives, and the delivery job that carries one
+//! batch for one webhook through the broker.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::EnvelopeEvent;
+use crate::ids::{BatchId, TenantId, WebhookId};
+
+/// The JSON body of every delivery (`proto-schemas/batch-envelope.schema.json`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchEnvelope<'a> {
+    pub batch_id: BatchId,
+    pub event_count: usize,
+    pub is_batch: bool,
+    pub timestamp: DateTime<Utc>,
+    pub events: &'a [EnvelopeEvent],
+}
+
+impl<'a> BatchEnvelope<'a> {
+    pub fn new(batch_id: BatchId, timestamp: DateTime<Utc>, events: &'a [EnvelopeEvent]) -> Self {
+        Self {
+            batch_id,
+            event_count: events.len(),
+            is_batch: events.len() > 1,
+            timestamp,
+            events,
+        }
+    }
+
+    /// The body as sent and signed: serialized once.
+    pub fn to_body(&self) -> Vec<u8> {
+        // Serializing plain strings, numbers and already-valid raw JSON cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// One batch for one webhook (`proto-schemas/delivery-job.schema.json`): the message on
+/// `courier.deliveries`. It carries the events so that a delivery needs no other
+/// lookup than the webhook's current configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryJob {
+    pub batch_id: BatchId,
+    pub tenant_id: TenantId,
+    pub webhook_id: WebhookId,
+    /// The webhook's generation when the work was created; older ones end cancelled.
+    pub generation: u64,
+    /// 1 for the first series; each replay starts the next.
+    pub series: u32,
+    /// 1-based attempt within the series.
+    pub attempt: u32,
+    /// When the batch was cut: the envelope's `timestamp`, so every attempt sends the same body.
+    pub created_at: DateTime<Utc>,
+    /// Not before this time is the attempt made.
+    pub due_at: DateTime<Utc>,
+    pub events: Vec<EnvelopeEvent>,
+}
+
+impl DeliveryJob {
+    pub fn envelope(&self) -> BatchEnvelope<'_> {
+        BatchEnvelope::new(self.batch_id, self.created_at, &self.events)
+    }
+
+    pub fn event_ids(&self) -> impl Iterator<Item = &str> {
+        self.events.iter().map(|e| e.event_id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::EventId;
+
+    fn event(id: &str) -> EnvelopeEvent {
+        serde_json::from_str(&format!(
+            r#"{{"eventId":"{id}","eventType":"EntityCreated","objectType":"Prospect","data":{{"objectId":"p1"}},"propertiesUpdated":null,"occurredAt":"2026-04-23T10:14:10Z"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn envelope_of_one_event_is_not_a_batch() {
+        let events = [event("e1")];
+        let wh = WebhookId::parse("wh_1").unwrap();
+        let id = BatchId::for_single(&wh, &EventId::parse("e1").unwrap());
+        let body = BatchEnvelope::new(id, Utc::now(), &events).to_body();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["eventCount"], 1);
+        assert_eq!(v["isBatch"], false);
+        assert_eq!(v["batchId"], id.to_string());
+        assert_eq!(v["events"][0]["eventId"], "e1");
+        assert_eq!(v["events"][0]["data"]["objectId"], "p1");
+    }
+
+    #[test]
+    fn envelope_of_several_events_is_a_batch_in_order() {
+        let events = [event("e1"), event("e2"), event("e3")];
+        let body = BatchEnvelope::new(BatchId::generate(), Utc::now(), &events).to_body();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["eventCount"], 3);
+        assert_eq!(v["isBatch"], true);
+        let ids: Vec<_> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["eventId"].clone())
+            .collect();
+        assert_eq!(ids, ["e1", "e2", "e3"]);
+    }
+}

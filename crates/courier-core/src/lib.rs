@@ -1,0 +1,21 @@
+//! Courier's pure domain: plain types and functions, no I/O.
+//!
+//! - [`ids`]: tenant, event, webhook and batch identifiers (parsed newtypes).
+//! - [`catalog`]: the event catalog, event keys and subscription patterns.
+//! - [`event`]: events as upstream sends them and as the pipeline carries them.
+//! - [`envelope`]: the batch envelope a subscriber receives and the delivery job.
+//! - [`webhook`]: webhook fields, validation and the "does it want this event" decision.
+//! - [`signing`]: Standard Webhooks and hmac-sha256-hex signatures, secrets.
+//! - [`delivery`]: classification of attempts and the delivery log's status.
+//! - [`tenant`]: tenants, API keys and scopes.
+//! - [`errors`]: per-field validation problems.
+
+pub mod catalog;
+pub mod delivery;
+pub mod envelope;
+pub mod errors;
+pub mod event;
+pub mod ids;
+pub mod signing;
+pub mod tenant;
+pub mod webhook;

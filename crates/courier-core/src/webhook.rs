@@ -1,0 +1,493 @@
+//! Webhooks (subscriptions): their validated fields, the stored record, and the
+//! decision of whether an event goes to a webhook.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, EventKey, Pattern};
+use crate::errors::FieldErrors;
+use crate::ids::{TenantId, WebhookId};
+use crate::signing::{Secret, SignatureScheme};
+
+pub const MAX_URL_LEN: usize = 2048;
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_PATTERNS: usize = 64;
+pub const MAX_CUSTOM_HEADERS: usize = 20;
+pub const MAX_HEADER_VALUE_LEN: usize = 1024;
+pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+
+/// Header names a webhook may not set: Courier owns them.
+const RESERVED_HEADERS: [&str; 5] = [
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "traceparent",
+];
+const RESERVED_PREFIXES: [&str; 2] = ["webhook-", "x-courier-"];
+
+/// What the deployment allows as a target URL.
+#[derive(Debug, Clone, Copy)]
+pub struct UrlPolicy {
+    /// Plain http (the dev profile); otherwise https only.
+    pub allow_http: bool,
+}
+
+/// An absolute http(s) URL a webhook delivers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub fn parse(s: &str, policy: UrlPolicy) -> Result<Self, String> {
+        if s.len() > MAX_URL_LEN {
+            return Err(format!("must be at most {MAX_URL_LEN} characters"));
+        }
+        let url = url::Url::parse(s).map_err(|e| format!("is not an absolute URL: {e}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if policy.allow_http => {}
+            "http" => return Err("must use https".into()),
+            other => return Err(format!("must be http or https, not {other}")),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("must name a host".into());
+        }
+        if url.fragment().is_some() {
+            return Err("must not have a fragment".into());
+        }
+        Ok(Self(url.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How many events may be grouped into one delivery: 0 or 1 sends each alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Throttling(u8);
+
+impl Throttling {
+    pub fn parse(n: i64) -> Result<Self, String> {
+        u8::try_from(n)
+            .ok()
+            .filter(|n| *n <= 10)
+            .map(Self)
+            .ok_or_else(|| "must be an integer from 0 to 10".into())
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Whether events wait in a batch (N ≥ 2).
+    pub fn batches(self) -> bool {
+        self.0 >= 2
+    }
+}
+
+fn check_timeout(ms: i64) -> Result<u32, String> {
+    u32::try_from(ms)
+        .ok()
+        .filter(|ms| (1000..=30_000).contains(ms))
+        .ok_or_else(|| "must be from 1000 to 30000 milliseconds".into())
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || !name.bytes().all(is_token_char) {
+        return Err("is not a valid header name".into());
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+    {
+        return Err("is reserved for Courier".into());
+    }
+    if value.len() > MAX_HEADER_VALUE_LEN
+        || !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(format!(
+            "value must be at most {MAX_HEADER_VALUE_LEN} visible ASCII characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Update keys mapped to field names: an event of such a key is delivered only if its
+/// `propertiesUpdated` shares a field with the list (`null` is delivered, `[]` is not).
+pub type PropertyFilters = BTreeMap<String, Vec<String>>;
+
+/// A previous signing secret that keeps signing until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousSecret {
+    pub secret: Secret,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A webhook as stored, secrets included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub id: WebhookId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub url: WebhookUrl,
+    pub events: Vec<Pattern>,
+    pub throttling: Throttling,
+    pub property_filters: PropertyFilters,
+    pub timeout_ms: u32,
+    pub headers: BTreeMap<String, String>,
+    pub signature_scheme: SignatureScheme,
+    pub active: bool,
+    /// Bumped by disable and delete: work created under an older one ends cancelled.
+    pub generation: u64,
+    pub secret: Secret,
+    #[serde(default)]
+    pub previous_secrets: Vec<PreviousSecret>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Webhook {
+    /// Whether an event of `key` with these updated properties goes to this webhook.
+    pub fn wants(&self, key: &EventKey, properties_updated: Option<&[String]>) -> bool {
+        self.active
+            && self.events.iter().any(|p| p.matches(key))
+            && match (self.property_filters.get(key.as_str()), properties_updated) {
+                (None, _) | (Some(_), None) => true,
+                (Some(wanted), Some(changed)) => changed.iter().any(|c| wanted.contains(c)),
+            }
+    }
+
+    /// The secrets that sign a request made at `now`: the current one first.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.secret).chain(
+            self.previous_secrets
+                .iter()
+                .filter(move |p| p.expires_at > now)
+                .map(|p| &p.secret),
+        )
+    }
+}
+
+/// The body of `POST /v1/webhooks`, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookInput {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub throttling: Option<i64>,
+    pub property_filters: Option<BTreeMap<String, Vec<String>>>,
+    pub timeout_ms: Option<i64>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub signature_scheme: Option<SignatureScheme>,
+    pub active: Option<bool>,
+    pub secret: Option<String>,
+}
+
+impl WebhookInput {
+    /// Validates a create request into a new webhook of `tenant`, reporting every
+    /// problem by field.
+    pub fn into_webhook(
+        self,
+        tenant: &TenantId,
+        catalog: &Catalog,
+        policy: UrlPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Webhook, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let name = match self.name.as_deref().map(str::trim) {
+            None => {
+                errors.add("name", "is required");
+                String::new()
+            }
+            Some(n) if n.is_empty() || n.chars().count() > MAX_NAME_LEN => {
+                errors.add("name", format!("must be 1 to {MAX_NAME_LEN} characters"));
+                String::new()
+            }
+            Some(n) => n.to_owned(),
+        };
+        let url = match self.url.as_deref().map(|u| WebhookUrl::parse(u, policy)) {
+            None => {
+                errors.add("url", "is required");
+                None
+            }
+            Some(Err(e)) => {
+                errors.add("url", e);
+                None
+            }
+            Some(Ok(u)) => Some(u),
+        };
+        let events = check_patterns(self.events, catalog, &mut errors);
+        let throttling = self
+            .throttling
+            .map(Throttling::parse)
+            .transpose()
+            .map_err(|e| errors.add("throttling", e))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let timeout_ms = self
+            .timeout_ms
+            .map(check_timeout)
+            .transpose()
+            .map_err(|e| errors.add("timeoutMs", e))
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_TIMEOUT_MS);
+        let headers = self.headers.unwrap_or_default();
+        check_headers(&headers, &mut errors);
+        let property_filters = self.property_filters.unwrap_or_default();
+        check_property_filters(&property_filters, catalog, &mut errors);
+        let secret = match self.secret.as_deref().map(Secret::parse) {
+            None => Secret::generate(),
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                errors.add("secret", e.to_string());
+                Secret::generate()
+            }
+        };
+        let (Some(url), true) = (url, errors.is_empty()) else {
+            return Err(errors);
+        };
+        Ok(Webhook {
+            id: WebhookId::generate(),
+            tenant_id: tenant.clone(),
+            name,
+            url,
+            events,
+            throttling,
+            property_filters,
+            timeout_ms,
+            headers,
+            signature_scheme: self.signature_scheme.unwrap_or_default(),
+            active: self.active.unwrap_or(true),
+            generation: 0,
+            secret,
+            previous_secrets: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        })
+    }
+}
+
+fn check_patterns(
+    patterns: Option<Vec<String>>,
+    catalog: &Catalog,
+    errors: &mut FieldErrors,
+) -> Vec<Pattern> {
+    let Some(patterns) = patterns else {
+        errors.add("events", "is required: a list of event keys or patterns");
+        return Vec::new();
+    };
+    if patterns.is_empty() || patterns.len() > MAX_PATTERNS {
+        errors.add("events", format!("must list 1 to {MAX_PATTERNS} patterns"));
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(patterns.len());
+    for (i, p) in patterns.iter().enumerate() {
+        match catalog.pattern(p) {
+            Ok(p) if !out.contains(&p) => out.push(p),
+            Ok(_) => errors.add(format!("events[{i}]"), "is listed twice"),
+            Err(e) => errors.add(format!("events[{i}]"), e.to_string()),
+        }
+    }
+    out
+}
+
+fn check_headers(headers: &BTreeMap<String, String>, errors: &mut FieldErrors) {
+    if headers.len() > MAX_CUSTOM_HEADERS {
+        errors.add(
+            "headers",
+            format!("at most {MAX_CUSTOM_HEADERS} custom headers"),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, value) in headers {
+        if let Err(e) = check_header(name, value) {
+            errors.add(format!("headers.{name}"), e);
+        } else if !seen.insert(name.to_ascii_lowercase()) {
+            errors.add(format!("headers.{name}"), "is given twice");
+        }
+    }
+}
+
+fn check_property_filters(filters: &PropertyFilters, catalog: &Catalog, errors: &mut FieldErrors) {
+    for (key, fields) in filters {
+        let field = format!("propertyFilters.{key}");
+        match EventKey::parse(key) {
+            Ok(k) if catalog.contains(&k) => {}
+            _ => {
+                errors.add(field, "is not an event key of the catalog");
+                continue;
+            }
+        }
+        if fields.iter().any(|f| f.is_empty() || f.len() > 128) {
+            errors.add(field, "field names are 1 to 128 characters");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: UrlPolicy = UrlPolicy { allow_http: true };
+    const PROD: UrlPolicy = UrlPolicy { allow_http: false };
+
+    fn create(json: serde_json::Value, policy: UrlPolicy) -> Result<Webhook, FieldErrors> {
+        let input: WebhookInput = serde_json::from_value(json).unwrap();
+        input.into_webhook(
+            &TenantId::parse("acme").unwrap(),
+            &Catalog::builtin(),
+            policy,
+            Utc::now(),
+        )
+    }
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({"name": "crm", "url": "https://example.com/hook", "events": ["Prospect.*"]})
+    }
+
+    #[test]
+    fn a_minimal_webhook_gets_the_defaults_and_a_generated_secret() {
+        let wh = create(minimal(), PROD).unwrap();
+        assert!(wh.active);
+        assert_eq!(wh.throttling.get(), 0);
+        assert_eq!(wh.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(wh.signature_scheme, SignatureScheme::Standard);
+        assert_eq!(wh.secret.key().len(), 32);
+        assert!(wh.id.as_str().starts_with("wh_"));
+    }
+
+    #[test]
+    fn http_urls_need_a_profile_that_allows_them() {
+        let mut body = minimal();
+        body["url"] = "http://127.0.0.1:9000/hook".into();
+        assert_eq!(
+            create(body.clone(), PROD).unwrap_err().get("url"),
+            Some("must use https")
+        );
+        assert!(create(body, DEV).is_ok());
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        let errs = create(
+            serde_json::json!({
+                "name": "", "url": "ftp://x", "events": ["Invoice.*", "Prospect.*"],
+                "throttling": 11, "timeoutMs": 999,
+                "headers": {"X-Courier-Foo": "1", "bad name": "x", "Webhook-Id": "2"},
+                "propertyFilters": {"Nope.EntityUpdated": ["a"]},
+                "secret": "nope"
+            }),
+            DEV,
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errs.fields().collect();
+        assert_eq!(
+            fields,
+            [
+                "events[0]",
+                "headers.Webhook-Id",
+                "headers.X-Courier-Foo",
+                "headers.bad name",
+                "name",
+                "propertyFilters.Nope.EntityUpdated",
+                "secret",
+                "throttling",
+                "timeoutMs",
+                "url"
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_headers_are_refused_case_insensitively() {
+        for name in [
+            "Content-Type",
+            "HOST",
+            "User-Agent",
+            "traceparent",
+            "webhook-signature",
+        ] {
+            assert_eq!(
+                check_header(name, "x"),
+                Err("is reserved for Courier".into())
+            );
+        }
+        assert!(check_header("X-Api-Key", "abc").is_ok());
+        assert!(check_header("X-Api-Key", "line\nbreak").is_err());
+    }
+
+    #[test]
+    fn empty_or_missing_events_are_refused() {
+        let mut body = minimal();
+        body["events"] = serde_json::json!([]);
+        assert!(create(body, PROD).unwrap_err().get("events").is_some());
+        let body = serde_json::json!({"name": "x", "url": "https://e.com"});
+        assert!(create(body, PROD).unwrap_err().get("events").is_some());
+    }
+
+    #[test]
+    fn property_filters_decide_update_events() {
+        let mut body = minimal();
+        body["propertyFilters"] = serde_json::json!({"Prospect.EntityUpdated": ["email", "title"]});
+        let wh = create(body, PROD).unwrap();
+        let upd = EventKey::parse("Prospect.EntityUpdated").unwrap();
+        let created = EventKey::parse("Prospect.EntityCreated").unwrap();
+        assert!(wh.wants(&upd, Some(&["title".to_owned()])));
+        assert!(!wh.wants(&upd, Some(&["phone".to_owned()])));
+        assert!(!wh.wants(&upd, Some(&[])));
+        assert!(wh.wants(&upd, None));
+        assert!(wh.wants(&created, Some(&[])));
+        assert!(!wh.wants(&EventKey::parse("Account.EntityCreated").unwrap(), None));
+    }
+
+    #[test]
+    fn inactive_webhooks_want_nothing() {
+        let mut body = minimal();
+        body["active"] = false.into();
+        let wh = create(body, PROD).unwrap();
+        assert!(!wh.wants(&EventKey::parse("Prospect.EntityCreated").unwrap(), None));
+    }
+
+    #[test]
+    fn expired_previous_secrets_stop_signing() {
+        let mut wh = create(minimal(), PROD).unwrap();
+        let now = Utc::now();
+        wh.previous_secrets = vec![
+            PreviousSecret {
+                secret: Secret::generate(),
+                expires_at: now + chrono::Duration::hours(1),
+            },
+            PreviousSecret {
+                secret: Secret::generate(),
+                expires_at: now - chrono::Duration::seconds(1),
+            },
+        ];
+        let signing: Vec<_> = wh.signing_secrets(now).collect();
+        assert_eq!(signing.len(), 2);
+        assert_eq!(signing[0], &wh.secret);
+        assert_eq!(signing[1], &wh.previous_secrets[0].secret);
+    }
+
+    #[test]
+    fn stored_webhooks_round_trip() {
+        let wh = create(minimal(), PROD).unwrap();
+        let json = serde_json::to_string(&wh).unwrap();
+        assert_eq!(serde_json::from_str::<Webhook>(&json).unwrap(), wh);
+    }
+}

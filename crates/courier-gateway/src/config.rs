@@ -1,0 +1,79 @@
+//! The gateway's typed configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use courier_telemetry::{Profile, SharedSettings};
+
+/// Token accepted as the operator's in the dev profile when none is set.
+pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
+
+#[derive(Clone, clap::Parser)]
+#[command(
+    name = "courier-gateway",
+    version,
+    about = "Courier's ingest and management API"
+)]
+pub struct GatewayConfig {
+    #[command(flatten)]
+    pub shared: SharedSettings,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "COURIER_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+
+    /// Operator token for tenant administration. Required outside the dev profile,
+    /// where it defaults to `dev-admin-token`.
+    #[arg(long, env = "COURIER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, env = "COURIER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most webhooks one tenant may have, enforced atomically across replicas.
+    #[arg(long, env = "COURIER_MAX_WEBHOOKS_PER_TENANT", default_value_t = 3)]
+    pub max_webhooks_per_tenant: usize,
+
+    /// Longest wait for the broker to confirm a publish before answering 503.
+    #[arg(long, env = "COURIER_PUBLISH_TIMEOUT", default_value = "10s", value_parser = courier_telemetry::settings::parse_duration)]
+    pub publish_timeout: std::time::Duration,
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("shared", &self.shared)
+            .field("addr", &self.addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_webhooks_per_tenant", &self.max_webhooks_per_tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults for a gateway on this machine under `prefix` (tests and tools).
+    pub fn local(prefix: &str) -> Self {
+        Self {
+            shared: SharedSettings::local(prefix),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            max_webhooks_per_tenant: 3,
+            publish_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
+    /// The operator token in force, or why there is none.
+    pub fn effective_admin_token(&self) -> anyhow::Result<String> {
+        match (&self.admin_token, self.shared.profile) {
+            (Some(t), _) if t.len() >= 16 || self.shared.profile == Profile::Dev => Ok(t.clone()),
+            (Some(_), _) => anyhow::bail!("COURIER_ADMIN_TOKEN must be at least 16 characters"),
+            (None, Profile::Dev) => Ok(DEV_ADMIN_TOKEN.to_owned()),
+            (None, Profile::Production) => {
+                anyhow::bail!("COURIER_ADMIN_TOKEN is required outside the dev profile")
+            }
+        }
+    }
+}

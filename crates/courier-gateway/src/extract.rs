@@ -1,0 +1,130 @@
+//! Request extractors: callers (tenant key or operator) and JSON bodies with the
+//! documented errors (400 malformed, 413 too large, 422 wrong shape).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use courier_core::errors::FieldErrors;
+use courier_core::tenant::{ApiKeyRecord, Scope};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// A caller authenticated by a tenant API key.
+pub struct TenantKey(pub ApiKeyRecord);
+
+impl TenantKey {
+    /// 403 unless the key has `scope`.
+    pub fn require(&self, scope: Scope) -> Result<&ApiKeyRecord, ApiError> {
+        if self.0.allows(scope) {
+            Ok(&self.0)
+        } else {
+            let name = serde_json::to_value(scope)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Err(ApiError::forbidden(format!(
+                "this key lacks the '{name}' scope"
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for TenantKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        state
+            .store
+            .api_key(key)
+            .await?
+            .map(TenantKey)
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// The operator, authenticated by `COURIER_ADMIN_TOKEN`.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            Some(token) if state.is_admin_token(token) => Ok(Admin),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// The raw body, at most `COURIER_MAX_BODY_BYTES`.
+pub struct LimitedBody(pub Bytes);
+
+impl FromRequest<AppState> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let limited = http_body_util::Limited::new(req.into_body(), limit);
+        match http_body_util::BodyExt::collect(limited).await {
+            Ok(collected) => Ok(Self(collected.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(ApiError::payload_too_large(limit))
+            }
+            Err(_) => Err(ApiError::bad_request("the request body could not be read")),
+        }
+    }
+}
+
+/// Parses JSON: a syntax error is 400, a value of the wrong shape is 422.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| json_error(&e, "body"))
+}
+
+/// Maps a serde_json error to the API's error, naming `field` for shape errors.
+pub fn json_error(e: &serde_json::Error, field: &str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
+        }
+        Category::Data => {
+            let mut fields = FieldErrors::default();
+            fields.add(field, e.to_string());
+            ApiError::unprocessable("the body does not have the expected shape", &fields)
+        }
+    }
+}
+
+/// A JSON body of type `T`, size-limited, with the documented errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let LimitedBody(bytes) = LimitedBody::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}

@@ -1,0 +1,41 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use courier_broker::{Publisher, Topology};
+use courier_core::catalog::Catalog;
+use courier_core::webhook::UrlPolicy;
+use courier_store::Store;
+use sha2::{Digest, Sha256};
+
+/// Shared state of one gateway instance.
+#[derive(Clone)]
+pub struct AppState {
+    pub inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub topology: Topology,
+    pub catalog: Catalog,
+    pub url_policy: UrlPolicy,
+    pub max_body_bytes: usize,
+    pub max_webhooks_per_tenant: usize,
+    /// SHA-256 of the operator token, compared as hashes so timing reveals nothing.
+    pub admin_token_hash: [u8; 32],
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Inner {
+    pub fn is_admin_token(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        presented == self.admin_token_hash
+    }
+}

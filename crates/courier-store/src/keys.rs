@@ -1,0 +1,72 @@
+//! Key names. Everything lives under `{prefix}courier:`.
+
+use courier_core::ids::{BatchId, TenantId, WebhookId};
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    base: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            base: format!("{prefix}courier:"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Tenant record (JSON).
+    pub fn tenant(&self, t: &TenantId) -> String {
+        format!("{}tenant:{t}", self.base)
+    }
+
+    /// Set of a tenant's webhook ids.
+    pub fn tenant_webhooks(&self, t: &TenantId) -> String {
+        format!("{}tenant:{t}:webhooks", self.base)
+    }
+
+    /// Set of the hashes of a tenant's API keys.
+    pub fn tenant_keys(&self, t: &TenantId) -> String {
+        format!("{}tenant:{t}:keys", self.base)
+    }
+
+    /// API key record (JSON) under the SHA-256 of the key.
+    pub fn api_key(&self, hash: &str) -> String {
+        format!("{}apikey:{hash}", self.base)
+    }
+
+    /// Prefix of webhook records; the id follows.
+    pub fn webhook_prefix(&self) -> String {
+        format!("{}webhook:", self.base)
+    }
+
+    /// Webhook record (JSON).
+    pub fn webhook(&self, id: &WebhookId) -> String {
+        format!("{}webhook:{id}", self.base)
+    }
+
+    /// Claim of one attempt: `running:{holder}` while a worker POSTs, then `done`.
+    pub fn claim(&self, batch: &BatchId, series: u32, attempt: u32) -> String {
+        format!("{}claim:{batch}:{series}:{attempt}", self.base)
+    }
+
+    /// Delivery log record (hash).
+    pub fn log(&self, batch: &BatchId) -> String {
+        format!("{}log:{batch}", self.base)
+    }
+
+    /// Attempts of a delivery log record (list of JSON).
+    pub fn log_attempts(&self, batch: &BatchId) -> String {
+        format!("{}log:{batch}:attempts", self.base)
+    }
+
+    /// A webhook's batches by creation time (sorted set, score in ms).
+    pub fn log_index(&self, webhook: &WebhookId) -> String {
+        format!("{}log-index:{webhook}", self.base)
+    }
+}

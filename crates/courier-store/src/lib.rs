@@ -1,0 +1,116 @@
+//! Courier's Redis adapter.
+//!
+//! - [`keys`]: every key name, under the deployment's prefix.
+//! - [`scripts`]: the Lua scripts that make multi-key updates atomic; they take the
+//!   time from Redis `TIME`, never from a replica's clock.
+//! - [`repo`]: tenants, API keys and webhooks.
+//! - [`log`]: attempt claims and the delivery log record (design §6).
+//!
+//! [`Store`] is the one handle both services use: a pool plus the key names.
+
+pub mod keys;
+pub mod log;
+pub mod repo;
+mod scripts;
+
+use deadpool_redis::{Config, Pool, Runtime};
+
+pub use keys::Keys;
+pub use log::{Claim, ClaimRequest, DeliveryRecord};
+pub use repo::CreateWebhook;
+
+/// Errors at the Redis boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis configuration: {0}")]
+    Config(String),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+/// A handle on the deployment's Redis data. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    keys: Keys,
+}
+
+impl Store {
+    /// Builds the pool; connections are made on first use.
+    pub fn new(url: &str, prefix: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let mut config = Config::from_url(url);
+        config.pool = Some(deadpool_redis::PoolConfig::new(max_connections));
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Self {
+            pool,
+            keys: Keys::new(prefix),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Round trip to Redis.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<String>(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Redis's `maxmemory-policy`: Courier needs `noeviction`, or keys (webhooks,
+    /// batches, claims) could vanish under memory pressure.
+    pub async fn eviction_policy(&self) -> Result<String, StoreError> {
+        let mut conn = self.conn().await?;
+        let (_, policy): (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut *conn)
+            .await?;
+        Ok(policy)
+    }
+
+    /// Deletes every key under the prefix (tests and teardown). Refuses an empty prefix.
+    pub async fn delete_all(&self) -> Result<usize, StoreError> {
+        if self.keys.prefix().is_empty() {
+            return Err(StoreError::Config(
+                "refusing to delete every key without a prefix".into(),
+            ));
+        }
+        let mut conn = self.conn().await?;
+        let pattern = format!("{}*", self.keys.prefix());
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut *conn)
+                .await?;
+            if !batch.is_empty() {
+                deleted += batch.len();
+                redis::cmd("DEL")
+                    .arg(&batch)
+                    .query_async::<()>(&mut *conn)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}

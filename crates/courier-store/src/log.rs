@@ -1,0 +1,167 @@
+//! Attempt claims and the delivery log record (design §6–§7).
+//!
+//! Before a POST a worker claims `(batch, series, attempt)`. The claim is a lease
+//! while the POST runs and becomes `done` with the result, so a second copy of the
+//! same job (an AMQP redelivery, an event sent twice) does not POST again; a lease
+//! whose holder died expires and the next copy takes over.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use courier_core::delivery::{AttemptRecord, DeliveryStatus};
+use courier_core::envelope::DeliveryJob;
+use courier_core::ids::{BatchId, TenantId, WebhookId};
+use redis::AsyncCommands;
+
+use crate::{scripts, Store, StoreError};
+
+/// How long a finished claim stops duplicates: the dedupe window of design §2.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// What claiming an attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker may POST.
+    Claimed,
+    /// The attempt already ran to its end; nothing to do.
+    Done,
+    /// Another worker holds the lease for this long.
+    Busy(Duration),
+}
+
+/// A delivery log record: one batch for one webhook, with its attempts.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRecord {
+    pub batch_id: BatchId,
+    pub tenant_id: TenantId,
+    pub webhook_id: WebhookId,
+    pub event_ids: Vec<String>,
+    pub status: DeliveryStatus,
+    pub series: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The envelope as sent.
+    pub payload: Box<serde_json::value::RawValue>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Everything the log needs about the job an attempt belongs to.
+pub struct ClaimRequest<'a> {
+    pub job: &'a DeliveryJob,
+    pub holder: &'a str,
+    pub lease: Duration,
+    pub payload: &'a [u8],
+    pub retention: Duration,
+}
+
+impl Store {
+    /// Claims an attempt, creating the log record of its series (status `pending`)
+    /// if this is the series' first sight.
+    pub async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        let job = req.job;
+        let event_ids: Vec<&str> = job.event_ids().collect();
+        let mut conn = self.conn().await?;
+        let (state, pttl): (String, i64) = scripts::CLAIM
+            .key(self.keys.claim(&job.batch_id, job.series, job.attempt))
+            .key(self.keys.log(&job.batch_id))
+            .key(self.keys.log_index(&job.webhook_id))
+            .arg(req.holder)
+            .arg(millis(req.lease))
+            .arg(job.tenant_id.as_str())
+            .arg(job.webhook_id.as_str())
+            .arg(serde_json::to_string(&event_ids).unwrap_or_default())
+            .arg(req.payload)
+            .arg(job.series)
+            .arg(job.batch_id.to_string())
+            .arg(req.retention.as_secs().max(1))
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(match state.as_str() {
+            "claimed" => Claim::Claimed,
+            "done" => Claim::Done,
+            _ => Claim::Busy(Duration::from_millis(pttl.max(0).unsigned_abs())),
+        })
+    }
+
+    /// Records the end of a claimed attempt: appends it (if any) to the log, moves the
+    /// status forward (never back, and only within the record's current series) and
+    /// marks the claim done. Returns whether the status changed.
+    pub async fn finish(
+        &self,
+        job: &DeliveryJob,
+        attempt: Option<&AttemptRecord>,
+        status: DeliveryStatus,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        let attempt_json = attempt
+            .map(|a| serde_json::to_string(a).unwrap_or_default())
+            .unwrap_or_default();
+        let mut conn = self.conn().await?;
+        let applied: i64 = scripts::FINISH
+            .key(self.keys.claim(&job.batch_id, job.series, job.attempt))
+            .key(self.keys.log(&job.batch_id))
+            .key(self.keys.log_attempts(&job.batch_id))
+            .arg(attempt_json)
+            .arg(status.as_str())
+            .arg(job.series)
+            .arg(DEDUPE_WINDOW.as_secs())
+            .arg(retention.as_secs().max(1))
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// Reads a delivery log record with its attempts.
+    pub async fn delivery(&self, batch: &BatchId) -> Result<Option<DeliveryRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (fields, attempts): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .hgetall(self.keys.log(batch))
+            .lrange(self.keys.log_attempts(batch), 0, -1)
+            .query_async(&mut *conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .map(String::as_str)
+                .ok_or_else(|| StoreError::Corrupt(format!("log record {batch} lacks {name}")))
+        };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("log record {batch}: bad {what}"));
+        let time = |name: &str| -> Result<DateTime<Utc>, StoreError> {
+            field(name)?
+                .parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_millis)
+                .ok_or_else(|| corrupt(name))
+        };
+        Ok(Some(DeliveryRecord {
+            batch_id: *batch,
+            tenant_id: TenantId::parse(field("tenant")?).map_err(|_| corrupt("tenant"))?,
+            webhook_id: WebhookId::parse(field("webhookId")?).map_err(|_| corrupt("webhookId"))?,
+            event_ids: serde_json::from_str(field("eventIds")?).map_err(|_| corrupt("eventIds"))?,
+            status: DeliveryStatus::parse(field("status")?).ok_or_else(|| corrupt("status"))?,
+            series: field("series")?.parse().map_err(|_| corrupt("series"))?,
+            created_at: time("createdAt")?,
+            updated_at: time("updatedAt")?,
+            payload: serde_json::from_str(field("payload")?).map_err(|_| corrupt("payload"))?,
+            attempts: attempts
+                .iter()
+                .map(|a| serde_json::from_str(a).map_err(|_| corrupt("attempt")))
+                .collect::<Result<_, _>>()?,
+        }))
+    }
+
+    /// Whether a log record exists (cheap existence check for tests and the API).
+    pub async fn has_delivery(&self, batch: &BatchId) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(conn.exists(self.keys.log(batch)).await?)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

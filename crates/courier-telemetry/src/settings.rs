@@ -1,0 +1,111 @@
+//! Settings shared by both services, read from flags or `COURIER_*` variables.
+
+use std::fmt;
+
+/// Deployment profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Local development: plain http and loopback targets allowed, a default admin token.
+    Dev,
+    /// Everything else: https targets only, an admin token must be set.
+    Production,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of design §9 that gateway and worker share.
+#[derive(Clone, clap::Args)]
+pub struct SharedSettings {
+    /// `dev` allows http and loopback targets and a default admin token; `production`
+    /// requires https targets and an explicit admin token.
+    #[arg(
+        long,
+        env = "COURIER_PROFILE",
+        value_enum,
+        default_value = "production"
+    )]
+    pub profile: Profile,
+
+    /// RabbitMQ, the durable event and delivery backbone.
+    #[arg(
+        long,
+        env = "COURIER_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Redis: webhook configuration, claims, the delivery log.
+    #[arg(
+        long,
+        env = "COURIER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every exchange, queue and Redis key, so that deployments (and tests)
+    /// can share one broker and one Redis. Empty by default.
+    #[arg(long, env = "COURIER_PREFIX", default_value = "")]
+    pub prefix: String,
+
+    /// Log lines as human-readable text or JSON.
+    #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Event catalog file; without it the built-in catalog (catalog/default.json).
+    #[arg(long, env = "COURIER_CATALOG_PATH")]
+    pub catalog_path: Option<std::path::PathBuf>,
+
+    /// Most Redis connections one process opens.
+    #[arg(long, env = "COURIER_REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+}
+
+impl fmt::Debug for SharedSettings {
+    /// URLs may carry passwords, so they are not printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSettings")
+            .field("profile", &self.profile)
+            .field("prefix", &self.prefix)
+            .field("log_format", &self.log_format)
+            .field("catalog_path", &self.catalog_path)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedSettings {
+    /// Settings for a process on this machine with the given prefix (tests, tools).
+    pub fn local(prefix: &str) -> Self {
+        Self {
+            profile: Profile::Dev,
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            prefix: prefix.into(),
+            log_format: LogFormat::Text,
+            catalog_path: None,
+            redis_pool_size: 16,
+        }
+    }
+
+    /// Reads the catalog file, or the built-in catalog without one.
+    pub fn catalog(&self) -> anyhow::Result<courier_core::catalog::Catalog> {
+        use anyhow::Context as _;
+        let Some(path) = &self.catalog_path else {
+            return Ok(courier_core::catalog::Catalog::builtin());
+        };
+        let json = std::fs::read_to_string(path)
+            .with_context(|| format!("reading catalog {}", path.display()))?;
+        courier_core::catalog::Catalog::from_json(&json)
+            .with_context(|| format!("loading catalog {}", path.display()))
+    }
+}
+
+/// Parses durations such as `500ms`, `5m`, `7d` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,57 @@
+//! The worker's typed configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use courier_telemetry::settings::parse_duration;
+use courier_telemetry::SharedSettings;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "courier-worker",
+    version,
+    about = "Courier's fan-out and delivery worker"
+)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub shared: SharedSettings,
+
+    /// Address of the worker's health endpoints.
+    #[arg(
+        long,
+        env = "COURIER_WORKER_ADMIN_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// Unacknowledged messages the broker hands each consumer at once.
+    #[arg(long, env = "COURIER_PREFETCH", default_value_t = 256)]
+    pub prefetch: u16,
+
+    /// Most outbound POSTs in flight in this process.
+    #[arg(long, env = "COURIER_DELIVERY_CONCURRENCY", default_value_t = 256)]
+    pub delivery_concurrency: usize,
+
+    /// How long delivery log records are kept.
+    #[arg(long, env = "COURIER_LOG_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub log_retention: Duration,
+
+    /// How long in-flight deliveries may finish after SIGTERM before they are
+    /// abandoned (and redelivered by the broker).
+    #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "35s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for a worker on this machine under `prefix` (tests and tools).
+    pub fn local(prefix: &str) -> Self {
+        Self {
+            shared: SharedSettings::local(prefix),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            prefetch: 64,
+            delivery_concurrency: 64,
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(35),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! End-to-end test support: a deployment under its own prefix on the real RabbitMQ
+//! and Redis ([`TestEnv`]), a stand-in subscriber ([`TestReceiver`]), JSON Schema
+//! checks ([`schemas`]), and waiting on conditions with deadlines ([`wait_until`]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod receiver;
+pub mod schemas;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use courier_broker::lapin::options::QueueDeclareOptions;
+use courier_broker::lapin::types::FieldTable;
+use courier_broker::lapin::Connection;
+use courier_broker::Topology;
+use courier_gateway::GatewayConfig;
+use courier_store::Store;
+use courier_worker::WorkerConfig;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use receiver::{Behaviour, Received, TestReceiver};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Waits until `check` returns `Some`, polling every 25 ms, or panics after `deadline`
+/// naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A running gateway or worker inside the test process.
+pub struct Service {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Stops the service and returns how its `run` ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}
+
+/// One deployment under a unique prefix: its queues and keys are removed by
+/// [`TestEnv::cleanup`] (or, if a test panics first, when the value is dropped).
+pub struct TestEnv {
+    pub prefix: String,
+    pub topology: Topology,
+    pub store: Store,
+    pub amqp: Connection,
+    pub http: reqwest::Client,
+    cleaned: bool,
+}
+
+impl TestEnv {
+    pub async fn new(name: &str) -> Self {
+        let prefix = format!(
+            "t-{name}-{}.",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let amqp = courier_broker::connect(AMQP_URL, "courier-tests", Duration::from_secs(10))
+            .await
+            .expect("RabbitMQ must run on 127.0.0.1:5672 (make services)");
+        let store = Store::new(REDIS_URL, &prefix, 8).unwrap();
+        store
+            .ping()
+            .await
+            .expect("Redis must run on 127.0.0.1:6379 (make services)");
+        Self {
+            topology: Topology::new(prefix.clone()),
+            prefix,
+            store,
+            amqp,
+            http: reqwest::Client::new(),
+            cleaned: false,
+        }
+    }
+
+    pub fn gateway_config(&self) -> GatewayConfig {
+        let mut c = GatewayConfig::local(&self.prefix);
+        c.admin_token = Some(ADMIN_TOKEN.into());
+        c
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig::local(&self.prefix)
+    }
+
+    pub async fn start_gateway(&self, config: GatewayConfig) -> Service {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(courier_gateway::run(config, listener, stop.clone()));
+        let service = Service { addr, stop, task };
+        let url = format!("http://{addr}/readyz");
+        let http = self.http.clone();
+        wait_until("the gateway to be ready", Duration::from_secs(20), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        service
+    }
+
+    pub async fn start_worker(&self, config: WorkerConfig) -> Service {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(courier_worker::run(config, listener, stop.clone()));
+        let service = Service { addr, stop, task };
+        let url = format!("http://{addr}/readyz");
+        let http = self.http.clone();
+        wait_until("the worker to be ready", Duration::from_secs(20), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        service
+    }
+
+    /// Messages ready in a queue of this deployment.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let ch = self.amqp.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "checked").await;
+        q.message_count()
+    }
+
+    /// Removes every queue, exchange and key of this deployment.
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        self.topology.delete(&self.amqp).await.unwrap();
+        self.store.delete_all().await.unwrap();
+        let _ = self.amqp.close(200, "done").await;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (prefix, topology) = (self.prefix.clone(), self.topology.clone());
+        // A failed test still leaves nothing behind: clean up on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(conn) = courier_broker::connect(
+                    AMQP_URL,
+                    "courier-tests-cleanup",
+                    Duration::from_secs(5),
+                )
+                .await
+                {
+                    let _ = topology.delete(&conn).await;
+                }
+                if let Ok(store) = Store::new(REDIS_URL, &prefix, 1) {
+                    let _ = store.delete_all().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A client of one gateway.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// A created tenant with its key.
+pub struct TenantHandle {
+    pub id: String,
+    pub key: String,
+}
+
+impl Api {
+    pub fn new(gateway: &Service) -> Self {
+        Self {
+            base: format!("http://{}", gateway.addr),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// Creates a tenant with the operator token and returns its id and key.
+    pub async fn tenant(&self, id: &str) -> TenantHandle {
+        let (status, body) = self
+            .post("/v1/tenants", ADMIN_TOKEN, &json!({ "id": id, "name": id }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        TenantHandle {
+            id: body["id"].as_str().unwrap().to_owned(),
+            key: body["apiKey"]["key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Creates a webhook and returns its body (with `secret`).
+    pub async fn webhook(&self, tenant: &TenantHandle, body: Value) -> Value {
+        let (status, created) = self.post("/v1/webhooks", &tenant.key, &body).await;
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
+    /// Sends events; returns the status and body.
+    pub async fn send(&self, tenant: &TenantHandle, body: &Value) -> (u16, Value) {
+        self.post("/v1/events", &tenant.key, body).await
+    }
+}
+
+/// A Prospect.EntityCreated event with the given id.
+pub fn prospect_created(id: &str) -> Value {
+    json!({
+        "id": id,
+        "objectType": "Prospect",
+        "eventType": "EntityCreated",
+        "data": { "objectId": "prospect_123", "email": "jane@example.com" }
+    })
+}
+
+impl Service {
+    /// A sample of this service's `/metrics`, e.g.
+    /// `courier_deliveries_total{outcome="delivered"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Waits until every event this worker fanned out has had all its jobs consumed
+    /// (`want_events` events fanned out and as many jobs consumed as published).
+    pub async fn wait_idle(&self, want_events: u64) {
+        wait_until(
+            "the worker to finish its work",
+            Duration::from_secs(30),
+            || async {
+                let fanned = self
+                    .metric("courier_events_consumed_total{result=\"fanned_out\"}")
+                    .await;
+                let published = self.metric("courier_jobs_published_total").await;
+                let mut consumed = 0;
+                for outcome in [
+                    "delivered",
+                    "failed",
+                    "cancelled",
+                    "duplicate",
+                    "retry",
+                    "parked",
+                ] {
+                    consumed += self
+                        .metric(&format!(
+                            "courier_deliveries_total{{outcome=\"{outcome}\"}}"
+                        ))
+                        .await;
+                }
+                (fanned >= want_events && consumed >= published).then_some(())
+            },
+        )
+        .await;
+    }
+}
