@@ -7,6 +7,7 @@
 //! - [`webhook`]: webhook fields, validation and the "does it want this event" decision.
 //! - [`signing`]: Standard Webhooks and hmac-sha256-hex signatures, secrets.
 //! - [`delivery`]: classification of attempts and the delivery log's status.
+//! - [`retry`]: retry policies and the delay ladder.
 //! - [`tenant`]: tenants, API keys and scopes.
 //! - [`errors`]: per-field validation problems.
 
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod errors;
 pub mod event;
 pub mod ids;
+pub mod retry;
 pub mod signing;
 pub mod tenant;
 pub mod webhook;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, EventKey, Pattern};
 use crate::errors::FieldErrors;
 use crate::ids::{TenantId, WebhookId};
+use crate::retry::{RetryDefaults, RetryInput, RetrySettings};
 use crate::signing::{Secret, SignatureScheme};
 
 pub const MAX_URL_LEN: usize = 2048;
@@ -33,6 +34,14 @@ const RESERVED_PREFIXES: [&str; 2] = ["webhook-", "x-courier-"];
 pub struct UrlPolicy {
     /// Plain http (the dev profile); otherwise https only.
     pub allow_http: bool,
+}
+
+/// Everything a webhook is validated against.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub catalog: &'a Catalog,
+    pub urls: UrlPolicy,
+    pub retry: &'a RetryDefaults,
 }
 
 /// An absolute http(s) URL a webhook delivers to.
@@ -146,6 +155,8 @@ pub struct Webhook {
     pub events: Vec<Pattern>,
     pub throttling: Throttling,
     pub property_filters: PropertyFilters,
+    #[serde(default)]
+    pub retry_policy: RetrySettings,
     pub timeout_ms: u32,
     pub headers: BTreeMap<String, String>,
     pub signature_scheme: SignatureScheme,
@@ -190,6 +201,7 @@ pub struct WebhookInput {
     pub events: Option<Vec<String>>,
     pub throttling: Option<i64>,
     pub property_filters: Option<BTreeMap<String, Vec<String>>>,
+    pub retry_policy: Option<RetryInput>,
     pub timeout_ms: Option<i64>,
     pub headers: Option<BTreeMap<String, String>>,
     pub signature_scheme: Option<SignatureScheme>,
@@ -203,10 +215,14 @@ impl WebhookInput {
     pub fn into_webhook(
         self,
         tenant: &TenantId,
-        catalog: &Catalog,
-        policy: UrlPolicy,
+        rules: Rules<'_>,
         now: DateTime<Utc>,
     ) -> Result<Webhook, FieldErrors> {
+        let Rules {
+            catalog,
+            urls: policy,
+            retry,
+        } = rules;
         let mut errors = FieldErrors::default();
         let name = match self.name.as_deref().map(str::trim) {
             None => {
@@ -251,6 +267,10 @@ impl WebhookInput {
         check_headers(&headers, &mut errors);
         let property_filters = self.property_filters.unwrap_or_default();
         check_property_filters(&property_filters, catalog, &mut errors);
+        let retry_policy = self
+            .retry_policy
+            .unwrap_or_default()
+            .validate(retry, &mut errors);
         let secret = match self.secret.as_deref().map(Secret::parse) {
             None => Secret::generate(),
             Some(Ok(s)) => s,
@@ -270,6 +290,7 @@ impl WebhookInput {
             events,
             throttling,
             property_filters,
+            retry_policy,
             timeout_ms,
             headers,
             signature_scheme: self.signature_scheme.unwrap_or_default(),
@@ -349,12 +370,14 @@ mod tests {
 
     fn create(json: serde_json::Value, policy: UrlPolicy) -> Result<Webhook, FieldErrors> {
         let input: WebhookInput = serde_json::from_value(json).unwrap();
-        input.into_webhook(
-            &TenantId::parse("acme").unwrap(),
-            &Catalog::builtin(),
-            policy,
-            Utc::now(),
-        )
+        let catalog = Catalog::builtin();
+        let retry = RetryDefaults::default();
+        let rules = Rules {
+            catalog: &catalog,
+            urls: policy,
+            retry: &retry,
+        };
+        input.into_webhook(&TenantId::parse("acme").unwrap(), rules, Utc::now())
     }
 
     fn minimal() -> serde_json::Value {

@@ -69,6 +69,7 @@ pub async fn run(
             url_policy: UrlPolicy {
                 allow_http: shared.profile == Profile::Dev,
             },
+            retry_defaults: shared.retry_defaults(),
             max_body_bytes: config.max_body_bytes,
             max_webhooks_per_tenant: config.max_webhooks_per_tenant,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),

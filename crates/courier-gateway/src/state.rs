@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use courier_broker::{Publisher, Topology};
 use courier_core::catalog::Catalog;
-use courier_core::webhook::UrlPolicy;
+use courier_core::retry::RetryDefaults;
+use courier_core::webhook::{Rules, UrlPolicy};
 use courier_store::Store;
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,7 @@ pub struct Inner {
     pub topology: Topology,
     pub catalog: Catalog,
     pub url_policy: UrlPolicy,
+    pub retry_defaults: RetryDefaults,
     pub max_body_bytes: usize,
     pub max_webhooks_per_tenant: usize,
     /// SHA-256 of the operator token, compared as hashes so timing reveals nothing.
@@ -34,6 +36,15 @@ impl std::ops::Deref for AppState {
 }
 
 impl Inner {
+    /// What webhooks are validated against.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
+            catalog: &self.catalog,
+            urls: self.url_policy,
+            retry: &self.retry_defaults,
+        }
+    }
+
     pub fn is_admin_token(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         presented == self.admin_token_hash

@@ -60,6 +60,15 @@ pub struct SharedSettings {
     #[arg(long, env = "COURIER_CATALOG_PATH")]
     pub catalog_path: Option<std::path::PathBuf>,
 
+    /// Default retry schedule of webhooks without their own: `schedule[i]` is the
+    /// delay before attempt i+1.
+    #[arg(long, env = "COURIER_RETRY_SCHEDULE", default_value = "0s,1m,5m,30m,2h", value_parser = courier_core::retry::Schedule::parse_list)]
+    pub retry_schedule: courier_core::retry::Schedule,
+
+    /// Most attempts a webhook's retry policy may ask for.
+    #[arg(long, env = "COURIER_MAX_ATTEMPTS_LIMIT", default_value_t = 5)]
+    pub max_attempts_limit: u32,
+
     /// Most Redis connections one process opens.
     #[arg(long, env = "COURIER_REDIS_POOL_SIZE", default_value_t = 32)]
     pub redis_pool_size: usize,
@@ -88,7 +97,17 @@ impl SharedSettings {
             prefix: prefix.into(),
             log_format: LogFormat::Text,
             catalog_path: None,
+            retry_schedule: courier_core::retry::RetryDefaults::default().schedule,
+            max_attempts_limit: 5,
             redis_pool_size: 16,
+        }
+    }
+
+    /// The retry defaults of the deployment.
+    pub fn retry_defaults(&self) -> courier_core::retry::RetryDefaults {
+        courier_core::retry::RetryDefaults {
+            schedule: self.retry_schedule.clone(),
+            max_attempts_limit: self.max_attempts_limit,
         }
     }
 

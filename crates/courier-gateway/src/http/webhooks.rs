@@ -70,7 +70,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let key = key.require(Scope::Manage)?;
     let webhook = input
-        .into_webhook(&key.tenant_id, &state.catalog, state.url_policy, Utc::now())
+        .into_webhook(&key.tenant_id, state.rules(), Utc::now())
         .map_err(|fields| ApiError::unprocessable("the webhook is invalid", &fields))?;
     match state
         .store
