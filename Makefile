@@ -29,6 +29,7 @@ run: services build
 
 test: services
 	$(CARGO) build --bins
+	bash deploy/check-openapi.sh
 	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh
 
 lint:

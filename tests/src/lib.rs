@@ -254,6 +254,15 @@ impl Api {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 
+    pub async fn patch(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, token, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, token, None).await
+    }
+
     /// Creates a tenant with the operator token and returns its id and key.
     pub async fn tenant(&self, id: &str) -> TenantHandle {
         let (status, body) = self
@@ -305,35 +314,40 @@ impl Service {
             .map_or(0, |v| v as u64)
     }
 
-    /// Waits until every event this worker fanned out has had all its jobs consumed
-    /// (`want_events` events fanned out and as many jobs consumed as published).
+    /// Waits until this worker is idle: see [`wait_idle`].
     pub async fn wait_idle(&self, want_events: u64) {
-        wait_until(
-            "the worker to finish its work",
-            Duration::from_secs(30),
-            || async {
-                let fanned = self
+        wait_idle(&[self], want_events).await;
+    }
+}
+
+/// Waits until `workers` together fanned out `want_events` events and consumed as
+/// many delivery jobs as they published (every job ended one way or another).
+pub async fn wait_idle(workers: &[&Service], want_events: u64) {
+    const ENDED: [&str; 6] = [
+        "delivered",
+        "failed",
+        "cancelled",
+        "duplicate",
+        "retry",
+        "parked",
+    ];
+    wait_until(
+        "the workers to finish their work",
+        Duration::from_secs(30),
+        || async {
+            let (mut fanned, mut published, mut consumed) = (0, 0, 0);
+            for w in workers {
+                fanned += w
                     .metric("courier_events_consumed_total{result=\"fanned_out\"}")
                     .await;
-                let published = self.metric("courier_jobs_published_total").await;
-                let mut consumed = 0;
-                for outcome in [
-                    "delivered",
-                    "failed",
-                    "cancelled",
-                    "duplicate",
-                    "retry",
-                    "parked",
-                ] {
-                    consumed += self
-                        .metric(&format!(
-                            "courier_deliveries_total{{outcome=\"{outcome}\"}}"
-                        ))
-                        .await;
+                published += w.metric("courier_jobs_published_total").await;
+                for outcome in ENDED {
+                    let sample = format!("courier_deliveries_total{{outcome=\"{outcome}\"}}");
+                    consumed += w.metric(&sample).await;
                 }
-                (fanned >= want_events && consumed >= published).then_some(())
-            },
-        )
-        .await;
-    }
+            }
+            (fanned >= want_events && consumed >= published).then_some(())
+        },
+    )
+    .await;
 }

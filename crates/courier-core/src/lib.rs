@@ -9,8 +9,10 @@
 //! - [`delivery`]: classification of attempts and the delivery log's status.
 //! - [`retry`]: retry policies and the delay ladder.
 //! - [`tenant`]: tenants, API keys and scopes.
+//! - [`audit`]: audit log entries of configuration changes.
 //! - [`errors`]: per-field validation problems.
 
+pub mod audit;
 pub mod catalog;
 pub mod delivery;
 pub mod envelope;

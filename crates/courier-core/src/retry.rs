@@ -112,11 +112,17 @@ pub struct RetrySettings {
 }
 
 /// The body's `retryPolicy`, before validation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryInput {
+    /// Attempts in a series, at most the schedule's length and the deployment's limit.
     pub max_attempts: Option<i64>,
+    /// Delays before each attempt (`schedule[0]` is `0s`), e.g. `["0s", "1m", "5m"]`;
+    /// the deployment's default when absent.
+    #[cfg_attr(feature = "openapi", schema(example = json!(["0s", "1m", "5m", "30m", "2h"])))]
     pub schedule: Option<Vec<String>>,
+    /// Retry 4xx answers other than 408 and 429 too.
     pub retry_client_errors: Option<bool>,
 }
 

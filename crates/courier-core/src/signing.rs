@@ -132,6 +132,7 @@ pub enum SecretError {
 }
 
 /// How a webhook's requests are signed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignatureScheme {

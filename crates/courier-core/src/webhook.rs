@@ -194,19 +194,144 @@ impl Webhook {
 
 /// The body of `POST /v1/webhooks`, before validation.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookInput {
+    /// 1 to 128 characters.
+    #[cfg_attr(feature = "openapi", schema(example = "CRM sync"))]
+    pub name: Option<String>,
+    /// Absolute https URL (http only where the deployment allows it).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "https://crm.example.com/hooks/courier")
+    )]
+    pub url: Option<String>,
+    /// Event keys or patterns (`Account.*`, `*.EntityDeleted`, `*`); each must match a catalog key.
+    #[cfg_attr(feature = "openapi", schema(example = json!(["Prospect.*"])))]
+    pub events: Option<Vec<String>>,
+    /// 0 or 1 sends each event alone; N from 2 to 10 groups up to N events per delivery.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
+    pub throttling: Option<i64>,
+    /// Update keys mapped to field names: such an event is delivered only if
+    /// `propertiesUpdated` shares a field with the list (`null` is delivered, `[]` is not).
+    pub property_filters: Option<BTreeMap<String, Vec<String>>>,
+    pub retry_policy: Option<RetryInput>,
+    /// 1000 to 30000; default 10000.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 30000))]
+    pub timeout_ms: Option<i64>,
+    /// Custom headers sent with every delivery (reserved names refused).
+    pub headers: Option<BTreeMap<String, String>>,
+    pub signature_scheme: Option<SignatureScheme>,
+    /// Default true.
+    pub active: Option<bool>,
+    /// A client-supplied signing secret (`whsec_` + base64 of 24–64 bytes), for migrations;
+    /// generated when absent.
+    pub secret: Option<String>,
+}
+
+/// The body of `PATCH /v1/webhooks/{id}`: any subset of the mutable fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookPatch {
     pub name: Option<String>,
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
     pub throttling: Option<i64>,
     pub property_filters: Option<BTreeMap<String, Vec<String>>>,
     pub retry_policy: Option<RetryInput>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 30000))]
     pub timeout_ms: Option<i64>,
     pub headers: Option<BTreeMap<String, String>>,
     pub signature_scheme: Option<SignatureScheme>,
     pub active: Option<bool>,
-    pub secret: Option<String>,
+}
+
+/// Most previous secrets that keep signing during rotations.
+pub const MAX_PREVIOUS_SECRETS: usize = 3;
+
+impl WebhookPatch {
+    /// The webhook with the patch applied, every field validated again. Disabling
+    /// bumps the generation, so work created before ends cancelled.
+    pub fn apply(
+        self,
+        current: &Webhook,
+        rules: Rules<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Webhook, FieldErrors> {
+        let retry = &current.retry_policy;
+        let input = WebhookInput {
+            name: Some(self.name.unwrap_or_else(|| current.name.clone())),
+            url: Some(self.url.unwrap_or_else(|| current.url.as_str().to_owned())),
+            events: Some(self.events.unwrap_or_else(|| {
+                current
+                    .events
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect()
+            })),
+            throttling: Some(
+                self.throttling
+                    .unwrap_or(i64::from(current.throttling.get())),
+            ),
+            property_filters: Some(
+                self.property_filters
+                    .unwrap_or_else(|| current.property_filters.clone()),
+            ),
+            retry_policy: Some(self.retry_policy.unwrap_or_else(|| RetryInput {
+                max_attempts: retry.max_attempts.map(i64::from),
+                schedule: retry.schedule.as_ref().map(|s| {
+                    s.delays()
+                        .iter()
+                        .map(|d| humantime::format_duration(*d).to_string())
+                        .collect()
+                }),
+                retry_client_errors: Some(retry.retry_client_errors),
+            })),
+            timeout_ms: Some(self.timeout_ms.unwrap_or(i64::from(current.timeout_ms))),
+            headers: Some(self.headers.unwrap_or_else(|| current.headers.clone())),
+            signature_scheme: Some(self.signature_scheme.unwrap_or(current.signature_scheme)),
+            active: Some(self.active.unwrap_or(current.active)),
+            secret: None,
+        };
+        let next = input.into_webhook(&current.tenant_id, rules, now)?;
+        let disabled = current.active && !next.active;
+        Ok(Webhook {
+            id: current.id.clone(),
+            secret: current.secret.clone(),
+            previous_secrets: current.previous_secrets.clone(),
+            created_at: current.created_at,
+            generation: current.generation + u64::from(disabled),
+            ..next
+        })
+    }
+}
+
+impl Webhook {
+    /// Makes `new` the signing secret; the current one keeps signing until
+    /// `now + previous_ttl` (not at all for a zero TTL, e.g. a leaked secret). Expired
+    /// previous secrets are dropped and at most [`MAX_PREVIOUS_SECRETS`] are kept.
+    pub fn rotate_secret(
+        &mut self,
+        new: Secret,
+        previous_ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) {
+        let old = std::mem::replace(&mut self.secret, new);
+        self.previous_secrets.retain(|p| p.expires_at > now);
+        if previous_ttl > chrono::Duration::zero() {
+            self.previous_secrets.insert(
+                0,
+                PreviousSecret {
+                    secret: old,
+                    expires_at: now + previous_ttl,
+                },
+            );
+        }
+        self.previous_secrets.truncate(MAX_PREVIOUS_SECRETS);
+        self.updated_at = now;
+    }
 }
 
 impl WebhookInput {
@@ -505,6 +630,79 @@ mod tests {
         assert_eq!(signing.len(), 2);
         assert_eq!(signing[0], &wh.secret);
         assert_eq!(signing[1], &wh.previous_secrets[0].secret);
+    }
+
+    fn rules_apply(patch: serde_json::Value, current: &Webhook) -> Result<Webhook, FieldErrors> {
+        let patch: WebhookPatch = serde_json::from_value(patch).unwrap();
+        let catalog = Catalog::builtin();
+        let retry = RetryDefaults::default();
+        let rules = Rules {
+            catalog: &catalog,
+            urls: DEV,
+            retry: &retry,
+        };
+        patch.apply(current, rules, Utc::now())
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_names() {
+        let mut body = minimal();
+        body["retryPolicy"] = serde_json::json!({"maxAttempts": 2, "schedule": ["0s", "1s"]});
+        let wh = create(body, PROD).unwrap();
+        let patched = rules_apply(
+            serde_json::json!({"events": ["Account.*"], "throttling": 5}),
+            &wh,
+        )
+        .unwrap();
+        assert_eq!(patched.id, wh.id);
+        assert_eq!(patched.secret, wh.secret);
+        assert_eq!(patched.name, wh.name);
+        assert_eq!(patched.url, wh.url);
+        assert_eq!(patched.retry_policy, wh.retry_policy);
+        assert_eq!(patched.events[0].as_str(), "Account.*");
+        assert_eq!(patched.throttling.get(), 5);
+        assert_eq!(patched.generation, wh.generation);
+        assert_eq!(patched.created_at, wh.created_at);
+    }
+
+    #[test]
+    fn disabling_bumps_the_generation_and_enabling_does_not() {
+        let wh = create(minimal(), PROD).unwrap();
+        let off = rules_apply(serde_json::json!({"active": false}), &wh).unwrap();
+        assert_eq!(off.generation, wh.generation + 1);
+        let on = rules_apply(serde_json::json!({"active": true}), &off).unwrap();
+        assert_eq!(on.generation, off.generation);
+    }
+
+    #[test]
+    fn an_invalid_patch_names_the_field() {
+        let wh = create(minimal(), PROD).unwrap();
+        let errs = rules_apply(serde_json::json!({"timeoutMs": 5}), &wh).unwrap_err();
+        assert!(errs.get("timeoutMs").is_some());
+        assert!(
+            serde_json::from_value::<WebhookPatch>(serde_json::json!({"secret": "x"})).is_err()
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_at_most_three_previous_secrets_until_they_expire() {
+        let mut wh = create(minimal(), PROD).unwrap();
+        let now = Utc::now();
+        let first = wh.secret.clone();
+        for _ in 0..5 {
+            wh.rotate_secret(Secret::generate(), chrono::Duration::hours(24), now);
+        }
+        assert_eq!(wh.previous_secrets.len(), MAX_PREVIOUS_SECRETS);
+        assert!(wh.previous_secrets.iter().all(|p| p.secret != first));
+        assert_eq!(wh.signing_secrets(now).count(), 4);
+        let later = now + chrono::Duration::hours(25);
+        assert_eq!(wh.signing_secrets(later).count(), 1);
+        let before = wh.secret.clone();
+        wh.rotate_secret(Secret::generate(), chrono::Duration::zero(), now);
+        assert!(
+            wh.previous_secrets.iter().all(|p| p.secret != before),
+            "a zero TTL revokes at once"
+        );
     }
 
     #[test]

@@ -50,6 +50,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -96,4 +104,23 @@ impl IntoResponse for ApiError {
         });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// The error body of every failure (design §8), for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unprocessable`, `rate_limited`, `unavailable`.
+    #[schema(example = "not_found")]
+    r#type: String,
+    #[schema(example = "webhook wh_123 not found")]
+    message: String,
+    /// Structured details: per-field problems for `unprocessable`, `acceptedEventIds`
+    /// for an ingest `unavailable`.
+    details: serde_json::Map<String, Value>,
 }

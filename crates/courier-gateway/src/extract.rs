@@ -117,7 +117,8 @@ pub fn json_error(e: &serde_json::Error, field: &str) -> ApiError {
     }
 }
 
-/// A JSON body of type `T`, size-limited, with the documented errors.
+/// A JSON body of type `T`, size-limited, with the documented errors. As
+/// `Option<ApiJson<T>>`, an empty body is `None`.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
@@ -126,5 +127,92 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let LimitedBody(bytes) = LimitedBody::from_request(req, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+impl<T: DeserializeOwned> axum::extract::OptionalFromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
+        let LimitedBody(bytes) = LimitedBody::from_request(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        parse_json(&bytes).map(|v| Some(ApiJson(v)))
+    }
+}
+
+/// Either caller: the operator or a tenant key (for routes both may use).
+pub enum Caller {
+    Operator,
+    Tenant(ApiKeyRecord),
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        if state.is_admin_token(token) {
+            return Ok(Caller::Operator);
+        }
+        state
+            .store
+            .api_key(token)
+            .await?
+            .map(Caller::Tenant)
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// Query parameters of type `T`; a malformed query string is a JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| {
+                ApiError::bad_request(format!("invalid query parameters: {}", e.body_text()))
+            })
+    }
+}
+
+/// `limit` and `offset` of a listing: limit 1–100 (default 20), offset ≥ 0.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<i64>,
+    /// Default 0.
+    pub offset: Option<i64>,
+}
+
+impl PageQuery {
+    /// `(offset, limit)`, or 422 naming the bad parameter.
+    pub fn checked(&self) -> Result<(usize, usize), ApiError> {
+        let mut fields = FieldErrors::default();
+        let limit = match self.limit {
+            None => 20,
+            Some(n @ 1..=100) => usize::try_from(n).unwrap_or(20),
+            Some(_) => {
+                fields.add("limit", "must be from 1 to 100");
+                0
+            }
+        };
+        let offset = match self.offset.map(usize::try_from) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                fields.add("offset", "must be 0 or more");
+                0
+            }
+        };
+        fields
+            .into_result((offset, limit))
+            .map_err(|f| ApiError::unprocessable("invalid paging parameters", &f))
     }
 }

@@ -4,6 +4,7 @@
 //! - [`http`]: the routes, one module (and `router()`) per area.
 //! - [`extract`]: callers (tenant keys, the operator) and size-limited JSON bodies.
 //! - [`ingest`]: publishing accepted events with confirms.
+//! - [`manage`]: management operations (compare-and-set changes with their audit entries).
 //! - [`error`]: the JSON error body of every failure.
 //! - [`state`]: what handlers share.
 //!
@@ -15,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod ingest;
+pub mod manage;
 pub mod state;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::GatewayConfig;
+pub use http::openapi;
 use state::{AppState, Inner};
 
 /// Connects to RabbitMQ and Redis, declares the topology, and serves the API on

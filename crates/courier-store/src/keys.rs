@@ -30,7 +30,32 @@ impl Keys {
         format!("{}tenant:{t}:webhooks", self.base)
     }
 
-    /// Set of the hashes of a tenant's API keys.
+    /// Every tenant id, by creation time (sorted set, score in ms).
+    pub fn tenants(&self) -> String {
+        format!("{}tenants", self.base)
+    }
+
+    /// Prefix of API key records; the hash follows.
+    pub fn api_key_prefix(&self) -> String {
+        format!("{}apikey:", self.base)
+    }
+
+    /// Channel on which every configuration change is announced (the tenant id).
+    pub fn config_channel(&self) -> String {
+        format!("{}config", self.base)
+    }
+
+    /// A tenant's audit log (stream).
+    pub fn audit(&self, t: &TenantId) -> String {
+        format!("{}audit:{t}", self.base)
+    }
+
+    /// Every tenant's audit log, for operators (stream).
+    pub fn audit_all(&self) -> String {
+        format!("{}audit", self.base)
+    }
+
+    /// Hash of a tenant's API keys: key id → hash of the key.
     pub fn tenant_keys(&self, t: &TenantId) -> String {
         format!("{}tenant:{t}:keys", self.base)
     }
@@ -68,5 +93,11 @@ impl Keys {
     /// A webhook's batches by creation time (sorted set, score in ms).
     pub fn log_index(&self, webhook: &WebhookId) -> String {
         format!("{}log-index:{webhook}", self.base)
+    }
+
+    /// A tenant's dead letters: its `failed` batches by the time they failed (sorted
+    /// set, score in ms). Added when a batch fails, removed when it is replayed.
+    pub fn dead(&self, t: &TenantId) -> String {
+        format!("{}dead:{t}", self.base)
     }
 }

@@ -17,7 +17,7 @@ use deadpool_redis::{Config, Pool, Runtime};
 
 pub use keys::Keys;
 pub use log::{Claim, ClaimRequest, DeliveryRecord};
-pub use repo::CreateWebhook;
+pub use repo::{AuditRecord, CreateWebhook, Versioned};
 
 /// Errors at the Redis boundary.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,7 @@ pub enum StoreError {
 pub struct Store {
     pool: Pool,
     keys: Keys,
+    url: String,
 }
 
 impl Store {
@@ -50,6 +51,7 @@ impl Store {
         Ok(Self {
             pool,
             keys: Keys::new(prefix),
+            url: url.to_owned(),
         })
     }
 
@@ -59,6 +61,21 @@ impl Store {
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// The tenant ids of configuration changes as they are announced, on a
+    /// connection of its own. The stream ends when that connection drops; changes
+    /// made meanwhile are not replayed, so a subscriber must forget what it cached.
+    pub async fn config_changes(
+        &self,
+    ) -> Result<impl futures::Stream<Item = String> + Send + 'static, StoreError> {
+        use futures::StreamExt as _;
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(self.keys.config_channel()).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|msg| async move { msg.get_payload::<String>().ok() }))
     }
 
     /// Round trip to Redis.

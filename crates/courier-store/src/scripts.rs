@@ -4,19 +4,6 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: tenant's webhook set, webhook record. ARGV: webhook id, JSON, limit.
-/// Returns 1 if created, 0 if the tenant is at its limit.
-pub static CREATE_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2])
-return 1
-",
-    )
-});
-
 /// KEYS: tenant's webhook set. ARGV: webhook key prefix. Returns every webhook JSON.
 pub static TENANT_WEBHOOKS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

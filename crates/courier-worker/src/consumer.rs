@@ -61,6 +61,9 @@ where
         .await?;
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let tracker = TaskTracker::new();
+    // Fired when the grace period ends: handlers still running are abandoned, their
+    // messages left unacked for the broker to redeliver.
+    let abandon = CancellationToken::new();
     let handler = Arc::new(handler);
     let result = loop {
         let next = tokio::select! {
@@ -81,9 +84,13 @@ where
             break Ok(());
         };
         let handler = handler.clone();
+        let abandon = abandon.clone();
         tracker.spawn(async move {
             let acker = delivery.acker.clone();
-            let outcome = handler(delivery).await;
+            let outcome = tokio::select! {
+                outcome = handler(delivery) => outcome,
+                () = abandon.cancelled() => return,
+            };
             let settled = match outcome {
                 Settle::Ack => acker.ack(BasicAckOptions::default()).await,
                 Settle::Requeue => {
@@ -108,8 +115,10 @@ where
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             queue,
-            "in-flight work did not finish within the grace period"
+            "in-flight work did not finish within the grace period; abandoning it"
         );
+        abandon.cancel();
+        tracker.wait().await;
     }
     let _ = channel.close(200, "stopping").await;
     result

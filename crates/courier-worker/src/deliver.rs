@@ -70,7 +70,7 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
 }
 
 async fn attempt(p: &Pipeline, job: &DeliveryJob, holder: &str) -> Result<Outcome, StoreError> {
-    let webhook = p.store.webhook(&job.webhook_id).await?;
+    let webhook = p.webhooks.webhook(&job.tenant_id, &job.webhook_id).await?;
     let body = Bytes::from(job.envelope().to_body());
     let timeout = webhook.as_ref().map_or(Duration::ZERO, |w| {
         Duration::from_millis(u64::from(w.timeout_ms))

@@ -35,7 +35,7 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
     let span = tracing::Span::current();
     span.record("tenant", event.tenant.as_str());
     span.record("event_id", event.id.as_str());
-    let webhooks = match p.store.tenant_webhooks(&event.tenant).await {
+    let webhooks = match p.webhooks.tenant(&event.tenant).await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "could not read webhooks; requeueing the event");

@@ -5,6 +5,7 @@
 //! - [`fanout`]: events in, one delivery job per interested webhook out.
 //! - [`deliver`]: a job in, a claimed, signed, logged POST out.
 //! - [`sender`]: the outbound HTTP request.
+//! - [`webhooks`]: the cache of webhook configuration, invalidated by the gateway's announcements.
 //! - [`admin`]: health and metrics endpoints.
 //! - [`metrics`]: this instance's Prometheus registry.
 //!
@@ -17,6 +18,7 @@ pub mod deliver;
 pub mod fanout;
 pub mod metrics;
 pub mod sender;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,7 @@ pub use config::WorkerConfig;
 /// What every stage of one worker instance shares.
 pub struct Pipeline {
     pub store: Store,
+    pub webhooks: Arc<webhooks::WebhookCache>,
     pub publisher: Publisher,
     pub topology: Topology,
     pub catalog: Catalog,
@@ -71,6 +74,7 @@ pub async fn run(
         .await
         .context("opening the publishing channel")?;
     let pipeline = Arc::new(Pipeline {
+        webhooks: Arc::new(webhooks::WebhookCache::new(store.clone())),
         store,
         publisher,
         topology: topology.clone(),
@@ -85,6 +89,7 @@ pub async fn run(
     let stop = shutdown.child_token();
     let admin_addr = admin.local_addr()?;
     let (events_queue, deliveries_queue) = (topology.events_queue(), topology.deliveries());
+    let following = tokio::spawn(pipeline.webhooks.clone().follow(stop.clone()));
     let admin_server = {
         let stop = stop.clone();
         let app = admin::router(pipeline.clone());
@@ -133,6 +138,7 @@ pub async fn run(
         stopping(deliveries.await)
     });
     let _ = admin_server.await;
+    let _ = following.await;
     pipeline.publisher.close().await;
     let _ = conn.close(200, "shutting down").await;
     tracing::info!("worker stopped");

@@ -1,21 +1,93 @@
-//! `GET /v1/event-types`: the event catalog.
+//! The event catalog: the keys events may have, with descriptions and examples.
 
-use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::Utc;
+use courier_core::catalog::EventKey;
+use courier_core::envelope::BatchEnvelope;
+use courier_core::event::EnvelopeEvent;
+use courier_core::ids::{BatchId, EventId};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/event-types", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(example))
 }
 
-async fn list(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .catalog
-        .entries()
-        .map(|e| json!({ "key": e.key, "description": e.description, "example": e.example }))
-        .collect();
-    Json(json!({ "data": data }))
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTypeView {
+    #[schema(example = "Prospect.EntityCreated")]
+    key: String,
+    description: String,
+    /// An example of the event's `data`.
+    example: serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    example_properties_updated: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventTypeList {
+    data: Vec<EventTypeView>,
+}
+
+/// List the catalog's event types.
+#[utoipa::path(get, operation_id = "listEventTypes", path = "/v1/event-types", tag = "event-types", responses((status = 200, body = EventTypeList)))]
+async fn list(State(state): State<AppState>) -> Json<EventTypeList> {
+    Json(EventTypeList {
+        data: state
+            .catalog
+            .entries()
+            .map(|e| EventTypeView {
+                key: e.key.clone(),
+                description: e.description.clone(),
+                example: e.example.clone(),
+                example_properties_updated: e.example_properties_updated.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// A batch envelope exactly as a subscriber would receive it for one event of `key`
+/// (see `proto-schemas/batch-envelope.schema.json`).
+#[utoipa::path(
+    get, operation_id = "getEventTypeExample", path = "/v1/event-types/{key}/example", tag = "event-types",
+    params(("key" = String, Path, description = "Event key, e.g. Prospect.EntityCreated")),
+    responses(
+        (status = 200, description = "A batch envelope", body = Object),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn example(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::not_found(format!("{key} is not an event type of the catalog"));
+    let event_key = EventKey::parse(&key).map_err(|_| not_found())?;
+    let entry = state.catalog.get(&event_key).ok_or_else(not_found)?;
+    let data =
+        serde_json::to_string(&entry.example).map_err(|e| ApiError::dependency("catalog", &e))?;
+    let now = Utc::now();
+    let event = EnvelopeEvent {
+        event_id: EventId::generate(),
+        event_type: event_key.event_type().to_owned(),
+        object_type: event_key.object_type().to_owned(),
+        data: RawValue::from_string(data).map_err(|e| ApiError::dependency("catalog", &e))?,
+        properties_updated: entry.example_properties_updated.clone(),
+        occurred_at: now,
+    };
+    let events = [event];
+    let body = BatchEnvelope::new(BatchId::generate(), now, &events).to_body();
+    let envelope =
+        serde_json::from_slice(&body).map_err(|e| ApiError::dependency("catalog", &e))?;
+    Ok(Json(envelope))
 }

@@ -4,8 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use courier_core::errors::FieldErrors;
 use courier_core::event::{Event, IngestEvent, MAX_EVENTS_PER_REQUEST};
@@ -13,13 +12,67 @@ use courier_core::tenant::Scope;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{json_error, LimitedBody, TenantKey};
 use crate::ingest::publish_events;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events", post(ingest))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ingest))
+}
+
+/// One event as upstream sends it (`proto-schemas/ingest-event.schema.json`).
+#[derive(ToSchema)]
+#[schema(as = IngestEvent)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct IngestEventDoc {
+    /// 1–128 characters of `[A-Za-z0-9_.:-]`, the dedupe key within the tenant;
+    /// `evt_` + UUIDv7 when absent.
+    #[schema(example = "evt_0192f1c2-7c1e-7d3a-9a40-1f2e3d4c5b6a")]
+    id: Option<String>,
+    /// Must equal the API key's tenant if given.
+    tenant_id: Option<String>,
+    #[schema(example = "Prospect")]
+    object_type: String,
+    #[schema(example = "EntityCreated")]
+    event_type: String,
+    #[schema(example = json!({"objectId": "prospect_123", "email": "jane@example.com"}))]
+    data: serde_json::Map<String, Value>,
+    /// Changed fields of an update event.
+    properties_updated: Option<Vec<String>>,
+    /// Defaults to the time of receipt.
+    occurred_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// Up to 1000 events in one request.
+#[derive(ToSchema)]
+#[schema(as = IngestBatch)]
+#[allow(dead_code)]
+struct IngestBatchDoc {
+    #[schema(min_items = 1, max_items = 1000)]
+    events: Vec<IngestEventDoc>,
+}
+
+/// The body of `POST /v1/events`: one event or `{"events": [...]}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(as = IngestRequest)]
+#[serde(untagged)]
+enum IngestRequestDoc {
+    One(IngestEventDoc),
+    Many(IngestBatchDoc),
+}
+
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    /// The ids of the accepted events, in request order.
+    event_ids: Vec<String>,
 }
 
 /// Splits the body into its events: `{"events": [...]}` or one event object. Each item
@@ -115,6 +168,23 @@ fn validate(
     .with_details(details))
 }
 
+/// Ingest one event or up to 1000. Every event is checked against the catalog; the
+/// answer is 202 only once the broker has confirmed every event. A 503 lists in
+/// `details.acceptedEventIds` the events that were accepted; retrying the same
+/// request with the same ids is safe.
+#[utoipa::path(
+    post, operation_id = "ingestEvents", path = "/v1/events", tag = "events",
+    request_body = IngestRequestDoc,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "Invalid events, named in details", body = ErrorBody),
+        (status = 503, description = "Not every event was accepted", body = ErrorBody),
+    )
+)]
 async fn ingest(
     State(state): State<AppState>,
     key: TenantKey,

@@ -2,22 +2,45 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    ready: bool,
+    broker: bool,
+    redis: bool,
+}
+
+/// The process is alive.
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// RabbitMQ and Redis are reachable now.
+#[utoipa::path(
+    get, operation_id = "readyz", path = "/readyz", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness))
+)]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let broker = state.publisher.is_open();
     let redis = state.store.ping().await.is_ok();
     let status = if broker && redis {
@@ -27,6 +50,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({ "ready": status == StatusCode::OK, "broker": broker, "redis": redis })),
+        Json(Readiness {
+            ready: broker && redis,
+            broker,
+            redis,
+        }),
     )
 }

@@ -1,37 +1,183 @@
 //! Operator routes: tenants and their API keys.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
-use chrono::Utc;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use courier_core::audit::Actor;
 use courier_core::errors::FieldErrors;
 use courier_core::ids::TenantId;
-use courier_core::tenant::{hash_api_key, issue_api_key, Scope, Tenant};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use courier_core::tenant::{hash_api_key, issue_api_key, ApiKeyRecord, Scope, Tenant};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::ApiError;
-use crate::extract::{Admin, ApiJson};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Admin, ApiJson, ApiQuery, PageQuery};
+use crate::manage::entry;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/tenants", post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, delete))
+        .routes(routes!(issue_key, list_keys))
+        .routes(routes!(revoke_key))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateTenant {
+pub struct CreateTenant {
+    /// 1 to 64 characters of a-z, 0-9, `_` and `-`; generated when absent.
+    #[schema(example = "acme")]
     id: Option<String>,
+    /// Display name, at most 128 characters; the id when absent.
+    #[schema(example = "Acme Inc.")]
     name: Option<String>,
+    /// Scopes of the first API key; all three when absent.
+    scopes: Option<Vec<Scope>>,
 }
 
-/// Creates a tenant and its first API key (all scopes), shown only in this answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantView {
+    id: String,
+    name: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(t: &Tenant) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            created_at: t.created_at,
+        }
+    }
+}
+
+/// An API key as listed: never the key itself.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyView {
+    id: String,
+    scopes: Vec<Scope>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<&ApiKeyRecord> for ApiKeyView {
+    fn from(k: &ApiKeyRecord) -> Self {
+        Self {
+            id: k.id.clone(),
+            scopes: k.scopes.clone(),
+            created_at: k.created_at,
+        }
+    }
+}
+
+/// A freshly issued key: `key` is shown only here.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    view: ApiKeyView,
+    #[schema(example = "ck_3f1c...")]
+    key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTenant {
+    #[serde(flatten)]
+    tenant: TenantView,
+    api_key: IssuedKey,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantList {
+    data: Vec<TenantView>,
+    total: usize,
+    limit: usize,
+    offset: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyList {
+    data: Vec<ApiKeyView>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssueKey {
+    /// What the key may do; all three when absent.
+    scopes: Option<Vec<Scope>>,
+}
+
+fn checked_scopes(scopes: Option<Vec<Scope>>, fields: &mut FieldErrors) -> Vec<Scope> {
+    match scopes {
+        None => Scope::ALL.to_vec(),
+        Some(mut s) => {
+            s.sort();
+            s.dedup();
+            if s.is_empty() {
+                fields.add("scopes", "must name at least one of publish, manage, read");
+            }
+            s
+        }
+    }
+}
+
+fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).map_err(|_| ApiError::not_found(format!("tenant {id} not found")))
+}
+
+/// Issues a key for `tenant` and stores its hash; the plaintext only goes back.
+async fn issue(
+    state: &AppState,
+    tenant: &TenantId,
+    scopes: Vec<Scope>,
+) -> Result<IssuedKey, ApiError> {
+    let key = issue_api_key(tenant, scopes, Utc::now());
+    let view = ApiKeyView::from(&key.record);
+    let audit = entry(
+        &Actor::Operator,
+        "apiKey.issued",
+        "apiKey",
+        &key.record.id,
+        tenant,
+        None,
+        serde_json::to_value(&view).ok(),
+    );
+    if !state
+        .store
+        .put_api_key(&hash_api_key(&key.plaintext), &key.record, &audit)
+        .await?
+    {
+        return Err(ApiError::not_found(format!("tenant {tenant} not found")));
+    }
+    Ok(IssuedKey {
+        view,
+        key: key.plaintext,
+    })
+}
+
+/// Create a tenant and its first API key.
+#[utoipa::path(
+    post, operation_id = "createTenant", path = "/v1/tenants", tag = "tenants",
+    request_body = CreateTenant,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created; the key is shown only here", body = CreatedTenant),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     _admin: Admin,
     ApiJson(body): ApiJson<CreateTenant>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     let mut fields = FieldErrors::default();
     let id = match body.id.as_deref().map(TenantId::parse) {
         None => Some(TenantId::generate()),
@@ -45,10 +191,10 @@ async fn create(
     if name.chars().count() > 128 {
         fields.add("name", "must be at most 128 characters");
     }
+    let scopes = checked_scopes(body.scopes, &mut fields);
     let (Some(id), true) = (id, fields.is_empty()) else {
         return Err(ApiError::unprocessable("the tenant is invalid", &fields));
     };
-    let now = Utc::now();
     let tenant = Tenant {
         name: if name.is_empty() {
             id.to_string()
@@ -56,26 +202,190 @@ async fn create(
             name
         },
         id,
-        created_at: now,
+        created_at: Utc::now(),
     };
-    if !state.store.create_tenant(&tenant).await? {
+    let view = TenantView::from(&tenant);
+    let audit = entry(
+        &Actor::Operator,
+        "tenant.created",
+        "tenant",
+        tenant.id.as_str(),
+        &tenant.id,
+        None,
+        serde_json::to_value(&view).ok(),
+    );
+    if !state.store.create_tenant(&tenant, &audit).await? {
         return Err(ApiError::conflict(format!(
             "tenant {} already exists",
             tenant.id
         )));
     }
-    let key = issue_api_key(&tenant.id, Scope::ALL.to_vec(), now);
-    state
-        .store
-        .put_api_key(&hash_api_key(&key.plaintext), &key.record)
-        .await?;
+    let api_key = issue(&state, &tenant.id, scopes).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": tenant.id,
-            "name": tenant.name,
-            "createdAt": tenant.created_at,
-            "apiKey": { "id": key.record.id, "key": key.plaintext, "scopes": key.record.scopes },
-        })),
+        Json(CreatedTenant {
+            tenant: view,
+            api_key,
+        }),
     ))
+}
+
+/// List tenants, oldest first.
+#[utoipa::path(
+    get, operation_id = "listTenants", path = "/v1/tenants", tag = "tenants",
+    params(PageQuery),
+    security(("admin_token" = [])),
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> Result<Json<TenantList>, ApiError> {
+    let (offset, limit) = page.checked()?;
+    let (tenants, total) = state.store.tenants(offset, limit).await?;
+    Ok(Json(TenantList {
+        data: tenants.iter().map(TenantView::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+/// Read a tenant.
+#[utoipa::path(
+    get, operation_id = "getTenant", path = "/v1/tenants/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")),
+    security(("admin_token" = [])),
+    responses((status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn read(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tid = tenant_id(&id)?;
+    let tenant = state
+        .store
+        .tenant(&tid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {id} not found")))?;
+    Ok(Json(TenantView::from(&tenant)))
+}
+
+/// Delete a tenant with its API keys and webhooks; their waiting work ends cancelled.
+/// The audit log is kept.
+#[utoipa::path(
+    delete, operation_id = "deleteTenant", path = "/v1/tenants/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")),
+    security(("admin_token" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn delete(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tid = tenant_id(&id)?;
+    let before = state
+        .store
+        .tenant(&tid)
+        .await?
+        .map(|t| json!(TenantView::from(&t)));
+    let audit = entry(
+        &Actor::Operator,
+        "tenant.deleted",
+        "tenant",
+        &id,
+        &tid,
+        before,
+        None,
+    );
+    if state.store.delete_tenant(&tid, &audit).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("tenant {id} not found")))
+    }
+}
+
+/// Issue another API key for a tenant.
+#[utoipa::path(
+    post, operation_id = "issueApiKey", path = "/v1/tenants/{id}/keys", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body(content = IssueKey, description = "Optional"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Issued; the key is shown only here", body = IssuedKey),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+async fn issue_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    body: Option<ApiJson<IssueKey>>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    let tid = tenant_id(&id)?;
+    let mut fields = FieldErrors::default();
+    let scopes = checked_scopes(body.and_then(|b| b.0.scopes), &mut fields);
+    if !fields.is_empty() {
+        return Err(ApiError::unprocessable("the key is invalid", &fields));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(issue(&state, &tid, scopes).await?),
+    ))
+}
+
+/// List a tenant's API keys (never the keys themselves).
+#[utoipa::path(
+    get, operation_id = "listApiKeys", path = "/v1/tenants/{id}/keys", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")),
+    security(("admin_token" = [])),
+    responses((status = 200, body = ApiKeyList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn list_keys(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKeyList>, ApiError> {
+    let tid = tenant_id(&id)?;
+    if state.store.tenant(&tid).await?.is_none() {
+        return Err(ApiError::not_found(format!("tenant {id} not found")));
+    }
+    let keys = state.store.api_keys(&tid).await?;
+    Ok(Json(ApiKeyList {
+        data: keys.iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+/// Revoke an API key: it stops working at once.
+#[utoipa::path(
+    delete, operation_id = "revokeApiKey", path = "/v1/tenants/{id}/keys/{key_id}", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id"), ("key_id" = String, Path, description = "Key id")),
+    security(("admin_token" = [])),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn revoke_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tid = tenant_id(&id)?;
+    let audit = entry(
+        &Actor::Operator,
+        "apiKey.revoked",
+        "apiKey",
+        &key_id,
+        &tid,
+        None,
+        None,
+    );
+    if state.store.revoke_api_key(&tid, &key_id, &audit).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "key {key_id} of tenant {id} not found"
+        )))
+    }
 }

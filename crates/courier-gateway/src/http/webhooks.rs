@@ -1,60 +1,91 @@
-//! Tenant routes: webhooks.
+//! Tenant routes: webhooks (create, list, read, update, delete, rotate the secret,
+//! send a test event).
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
-use courier_core::catalog::Pattern;
-use courier_core::ids::WebhookId;
-use courier_core::signing::SignatureScheme;
+use courier_core::audit::Actor;
+use courier_core::catalog::EventKey;
+use courier_core::event::Event;
+use courier_core::ids::EventId;
+use courier_core::signing::{Secret, SignatureScheme};
 use courier_core::tenant::Scope;
-use courier_core::webhook::{PropertyFilters, Webhook, WebhookInput};
+use courier_core::webhook::{Webhook, WebhookInput, WebhookPatch};
 use courier_store::CreateWebhook;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, value::RawValue};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::ApiError;
-use crate::extract::{ApiJson, TenantKey};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, PageQuery, TenantKey};
+use crate::ingest::publish_events;
+use crate::manage::{self, audit_view, change_webhook, entry, find_webhook};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/webhooks", post(create))
-        .route("/v1/webhooks/{id}", get(read))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, update, delete))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(send_test))
+}
+
+/// A webhook's own retry settings; what it leaves out follows the deployment.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicyView {
+    max_attempts: Option<u32>,
+    /// Delays before each attempt; absent means the deployment's default schedule.
+    schedule: Option<Vec<String>>,
+    retry_client_errors: bool,
 }
 
 /// A webhook as the API shows it: never its secrets.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookView<'a> {
-    id: &'a WebhookId,
-    name: &'a str,
-    url: &'a str,
-    events: &'a [Pattern],
+pub struct WebhookView {
+    #[schema(example = "wh_0192f1c27d4b7e0a8c3b5d6e7f809a1b")]
+    id: String,
+    name: String,
+    url: String,
+    events: Vec<String>,
     throttling: u8,
-    property_filters: &'a PropertyFilters,
+    property_filters: BTreeMap<String, Vec<String>>,
+    retry_policy: RetryPolicyView,
     timeout_ms: u32,
-    headers: &'a BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
     signature_scheme: SignatureScheme,
     active: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-impl<'a> From<&'a Webhook> for WebhookView<'a> {
-    fn from(w: &'a Webhook) -> Self {
+impl From<&Webhook> for WebhookView {
+    fn from(w: &Webhook) -> Self {
+        let retry = &w.retry_policy;
         Self {
-            id: &w.id,
-            name: &w.name,
-            url: w.url.as_str(),
-            events: &w.events,
+            id: w.id.to_string(),
+            name: w.name.clone(),
+            url: w.url.as_str().to_owned(),
+            events: w.events.iter().map(|p| p.as_str().to_owned()).collect(),
             throttling: w.throttling.get(),
-            property_filters: &w.property_filters,
+            property_filters: w.property_filters.clone(),
+            retry_policy: RetryPolicyView {
+                max_attempts: retry.max_attempts,
+                schedule: retry.schedule.as_ref().and_then(|s| {
+                    serde_json::to_value(s)
+                        .ok()
+                        .and_then(|v| serde_json::from_value(v).ok())
+                }),
+                retry_client_errors: retry.retry_client_errors,
+            },
             timeout_ms: w.timeout_ms,
-            headers: &w.headers,
+            headers: w.headers.clone(),
             signature_scheme: w.signature_scheme,
             active: w.active,
             created_at: w.created_at,
@@ -63,18 +94,62 @@ impl<'a> From<&'a Webhook> for WebhookView<'a> {
     }
 }
 
+/// A created webhook, with its signing secret (shown only here and by rotation).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    webhook: WebhookView,
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    secret: String,
+}
+
+/// A page of webhooks.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    data: Vec<WebhookView>,
+    total: usize,
+    limit: usize,
+    offset: usize,
+}
+
+fn actor(key: &courier_core::tenant::ApiKeyRecord) -> Actor {
+    Actor::ApiKey { id: key.id.clone() }
+}
+
+/// Create a webhook.
+#[utoipa::path(
+    post, operation_id = "createWebhook", path = "/v1/webhooks", tag = "webhooks",
+    request_body = WebhookInput,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created; the secret is shown only here", body = CreatedWebhook),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The tenant has its most webhooks", body = ErrorBody),
+        (status = 422, description = "Invalid fields, named in details", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     key: TenantKey,
     ApiJson(input): ApiJson<WebhookInput>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
     let key = key.require(Scope::Manage)?;
     let webhook = input
         .into_webhook(&key.tenant_id, state.rules(), Utc::now())
         .map_err(|fields| ApiError::unprocessable("the webhook is invalid", &fields))?;
+    let audit = entry(
+        &actor(key),
+        "webhook.created",
+        "webhook",
+        webhook.id.as_str(),
+        &key.tenant_id,
+        None,
+        Some(audit_view(&webhook)),
+    );
     match state
         .store
-        .create_webhook(&webhook, state.max_webhooks_per_tenant)
+        .create_webhook(&webhook, state.max_webhooks_per_tenant, &audit)
         .await?
     {
         CreateWebhook::Created => {}
@@ -85,21 +160,267 @@ async fn create(
             .with_details(json!({ "limit": limit })));
         }
     }
-    let mut body = json!(WebhookView::from(&webhook));
-    body["secret"] = json!(webhook.secret.as_str());
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook {
+            webhook: WebhookView::from(&webhook),
+            secret: webhook.secret.as_str().to_owned(),
+        }),
+    ))
 }
 
+/// List the tenant's webhooks, oldest first.
+#[utoipa::path(
+    get, operation_id = "listWebhooks", path = "/v1/webhooks", tag = "webhooks",
+    params(PageQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn list(
+    State(state): State<AppState>,
+    key: TenantKey,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> Result<Json<WebhookList>, ApiError> {
+    let key = key.require(Scope::Read)?;
+    let (offset, limit) = page.checked()?;
+    let all = state.store.tenant_webhooks(&key.tenant_id).await?;
+    Ok(Json(WebhookList {
+        total: all.len(),
+        data: all
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(WebhookView::from)
+            .collect(),
+        limit,
+        offset,
+    }))
+}
+
+/// Read a webhook.
+#[utoipa::path(
+    get, operation_id = "getWebhook", path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    security(("api_key" = [])),
+    responses((status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
 async fn read(
     State(state): State<AppState>,
     key: TenantKey,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookView>, ApiError> {
     let key = key.require(Scope::Read)?;
-    let not_found = || ApiError::not_found(format!("webhook {id} not found"));
-    let webhook_id = WebhookId::parse(&id).map_err(|_| not_found())?;
-    match state.store.webhook(&webhook_id).await? {
-        Some(w) if w.tenant_id == key.tenant_id => Ok(Json(json!(WebhookView::from(&w)))),
-        _ => Err(not_found()),
+    let found = find_webhook(&state, &key.tenant_id, &id).await?;
+    Ok(Json(WebhookView::from(&found.webhook)))
+}
+
+/// Change any subset of a webhook's mutable fields. Disabling it cancels work
+/// created before.
+#[utoipa::path(
+    patch, operation_id = "updateWebhook", path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    request_body = WebhookPatch,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+async fn update(
+    State(state): State<AppState>,
+    key: TenantKey,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<WebhookPatch>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let key = key.require(Scope::Manage)?;
+    let updated = manage::patch_webhook(&state, &actor(key), &key.tenant_id, &id, &patch).await?;
+    Ok(Json(WebhookView::from(&updated)))
+}
+
+/// Delete a webhook; work waiting for it ends cancelled.
+#[utoipa::path(
+    delete, operation_id = "deleteWebhook", path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    security(("api_key" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn delete(
+    State(state): State<AppState>,
+    key: TenantKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let key = key.require(Scope::Manage)?;
+    change_webhook(&state, &actor(key), &key.tenant_id, &id, |_| {
+        Ok((None, "webhook.deleted"))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of a secret rotation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the current secret keeps signing beside the new one, e.g. `24h`
+    /// (the default) or `0s` to revoke it at once (a leaked secret).
+    #[schema(example = "24h")]
+    previous_secret_ttl: Option<String>,
+    /// A client-supplied new secret; generated when absent.
+    secret: Option<String>,
+}
+
+/// The new secret.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedSecret {
+    secret: String,
+    /// Until when the previous secret still signs; absent when it stopped at once.
+    previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Rotate the signing secret. The new secret signs at once; the previous one keeps
+/// signing beside it until its TTL ends (at most 3 previous secrets).
+#[utoipa::path(
+    post, operation_id = "rotateWebhookSecret", path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    request_body(content = RotateSecret, description = "Optional"),
+    security(("api_key" = [])),
+    responses((status = 200, body = RotatedSecret), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn rotate_secret(
+    State(state): State<AppState>,
+    key: TenantKey,
+    Path(id): Path<String>,
+    body: Option<ApiJson<RotateSecret>>,
+) -> Result<Json<RotatedSecret>, ApiError> {
+    let key = key.require(Scope::Manage)?;
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let mut fields = courier_core::errors::FieldErrors::default();
+    let ttl = match body
+        .previous_secret_ttl
+        .as_deref()
+        .map(humantime::parse_duration)
+    {
+        None => Some(std::time::Duration::from_secs(24 * 3600)),
+        Some(Ok(d)) if d <= std::time::Duration::from_secs(30 * 24 * 3600) => Some(d),
+        Some(_) => {
+            fields.add(
+                "previousSecretTtl",
+                "must be a duration from 0s to 30d, e.g. 24h",
+            );
+            None
+        }
+    };
+    let secret = match body.secret.as_deref().map(Secret::parse) {
+        None => Some(Secret::generate()),
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            fields.add("secret", e.to_string());
+            None
+        }
+    };
+    let (Some(ttl), Some(secret)) = (ttl, secret) else {
+        return Err(ApiError::unprocessable("the rotation is invalid", &fields));
+    };
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::zero());
+    let now = Utc::now();
+    change_webhook(&state, &actor(key), &key.tenant_id, &id, |current| {
+        let mut next = current.clone();
+        next.rotate_secret(secret.clone(), ttl, now);
+        Ok((Some(next), "webhook.secretRotated"))
+    })
+    .await?;
+    Ok(Json(RotatedSecret {
+        secret: secret.as_str().to_owned(),
+        previous_secret_expires_at: (ttl > chrono::Duration::zero()).then(|| now + ttl),
+    }))
+}
+
+/// Body of a test delivery.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestDelivery {
+    /// The event key to send (one the webhook subscribes to); the first such key of
+    /// the catalog when absent.
+    #[schema(example = "Prospect.EntityCreated")]
+    event_type: Option<String>,
+}
+
+/// A test event on its way.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestSent {
+    event_id: String,
+    event_type: String,
+}
+
+/// Send the catalog's example event of one of the webhook's keys through the real
+/// pipeline (fan-out, signing, delivery, log); answers its event id.
+#[utoipa::path(
+    post, operation_id = "sendTestEvent", path = "/v1/webhooks/{id}/test", tag = "webhooks",
+    params(("id" = String, Path, description = "Webhook id")),
+    request_body(content = TestDelivery, description = "Optional"),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, body = TestSent), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The webhook is disabled", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    )
+)]
+async fn send_test(
+    State(state): State<AppState>,
+    key: TenantKey,
+    Path(id): Path<String>,
+    body: Option<ApiJson<TestDelivery>>,
+) -> Result<(StatusCode, Json<TestSent>), ApiError> {
+    let key = key.require(Scope::Manage)?;
+    let webhook = find_webhook(&state, &key.tenant_id, &id).await?.webhook;
+    if !webhook.active {
+        return Err(ApiError::conflict(format!("webhook {id} is disabled")));
     }
+    let subscribed = |k: &EventKey| webhook.events.iter().any(|p| p.matches(k));
+    let wanted = body.and_then(|b| b.0.event_type);
+    let event_key = match wanted.as_deref().map(EventKey::parse) {
+        None => state.catalog.keys().find(|k| subscribed(k)).cloned(),
+        Some(Ok(k)) if state.catalog.contains(&k) && subscribed(&k) => Some(k),
+        Some(_) => None,
+    }
+    .ok_or_else(|| {
+        let mut f = courier_core::errors::FieldErrors::default();
+        f.add(
+            "eventType",
+            "must be a catalog key this webhook subscribes to",
+        );
+        ApiError::unprocessable("no event to send", &f)
+    })?;
+    let example = state
+        .catalog
+        .get(&event_key)
+        .map(|e| serde_json::to_string(&e.example).unwrap_or_else(|_| "{}".into()))
+        .unwrap_or_else(|| "{}".into());
+    let event = Event {
+        id: EventId::generate(),
+        tenant: key.tenant_id.clone(),
+        key: event_key,
+        data: RawValue::from_string(example).map_err(|e| ApiError::dependency("catalog", &e))?,
+        // null: a property filter never holds a test event back.
+        properties_updated: None,
+        occurred_at: Utc::now(),
+    };
+    let report = publish_events(
+        &state.publisher,
+        &state.topology,
+        std::slice::from_ref(&event),
+    )
+    .await;
+    if let Some(e) = report.failure {
+        return Err(ApiError::dependency("the broker", &e));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TestSent {
+            event_id: event.id.to_string(),
+            event_type: event.key.to_string(),
+        }),
+    ))
 }

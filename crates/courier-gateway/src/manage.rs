@@ -1,0 +1,114 @@
+//! The management operations behind the handlers: each validates through the
+//! domain, applies through the store (atomically, with its audit entry) and
+//! answers in domain terms.
+
+use chrono::Utc;
+use courier_core::audit::{Actor, AuditEntry};
+use courier_core::ids::{TenantId, WebhookId};
+use courier_core::webhook::{Webhook, WebhookPatch};
+use courier_store::Versioned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::http::webhooks::WebhookView;
+use crate::state::AppState;
+
+/// Tries of a compare-and-set before the caller is told to retry.
+const SWAP_TRIES: usize = 5;
+
+/// An audit entry of a change by `actor`.
+pub fn entry(
+    actor: &Actor,
+    action: &str,
+    resource_type: &str,
+    resource_id: &str,
+    tenant: &TenantId,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> AuditEntry {
+    AuditEntry {
+        actor: actor.clone(),
+        action: action.to_owned(),
+        resource_type: resource_type.to_owned(),
+        resource_id: resource_id.to_owned(),
+        tenant_id: tenant.clone(),
+        before,
+        after,
+    }
+}
+
+/// What the audit log shows of a webhook: its API view, never its secrets.
+pub fn audit_view(w: &Webhook) -> Value {
+    serde_json::to_value(WebhookView::from(w)).unwrap_or(Value::Null)
+}
+
+/// The tenant's webhook `id`, with its version; 404 for another tenant's.
+pub async fn find_webhook(
+    state: &AppState,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Versioned, ApiError> {
+    let not_found = || ApiError::not_found(format!("webhook {id} not found"));
+    let id = WebhookId::parse(id).map_err(|_| not_found())?;
+    match state.store.webhook_versioned(&id).await? {
+        Some(v) if &v.webhook.tenant_id == tenant => Ok(v),
+        _ => Err(not_found()),
+    }
+}
+
+/// Applies `change` to the tenant's webhook `id` with compare-and-set, retrying when
+/// another writer got there first. `change` returns the next state (`None` deletes)
+/// and the audit action.
+pub async fn change_webhook<F>(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    id: &str,
+    mut change: F,
+) -> Result<Option<Webhook>, ApiError>
+where
+    F: FnMut(&Webhook) -> Result<(Option<Webhook>, &'static str), ApiError>,
+{
+    for _ in 0..SWAP_TRIES {
+        let current = find_webhook(state, tenant, id).await?;
+        let (next, action) = change(&current.webhook)?;
+        let audit = entry(
+            actor,
+            action,
+            "webhook",
+            id,
+            tenant,
+            Some(audit_view(&current.webhook)),
+            next.as_ref().map(audit_view),
+        );
+        if state
+            .store
+            .swap_webhook(&current, next.as_ref(), &audit)
+            .await?
+        {
+            return Ok(next);
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "webhook {id} is being changed by another request; retry"
+    )))
+}
+
+/// PATCH: the webhook with `patch` applied.
+pub async fn patch_webhook(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    id: &str,
+    patch: &WebhookPatch,
+) -> Result<Webhook, ApiError> {
+    let changed = change_webhook(state, actor, tenant, id, |current| {
+        let next = patch
+            .clone()
+            .apply(current, state.rules(), Utc::now())
+            .map_err(|f| ApiError::unprocessable("the webhook is invalid", &f))?;
+        Ok((Some(next), "webhook.updated"))
+    })
+    .await?;
+    changed.ok_or_else(|| ApiError::not_found(format!("webhook {id} not found")))
+}
