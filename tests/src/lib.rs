@@ -1,8 +1,10 @@
 //! End-to-end test support: a deployment under its own prefix on the real RabbitMQ
 //! and Redis ([`TestEnv`]), a stand-in subscriber ([`TestReceiver`]), JSON Schema
-//! checks ([`schemas`]), and waiting on conditions with deadlines ([`wait_until`]).
+//! checks ([`schemas`]), fault injection ([`chaos`]: a private RabbitMQ node, a
+//! cuttable TCP proxy), and waiting on conditions with deadlines ([`wait_until`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chaos;
 pub mod receiver;
 pub mod schemas;
 
@@ -350,4 +352,166 @@ pub async fn wait_idle(workers: &[&Service], want_events: u64) {
         },
     )
     .await;
+}
+
+/// A built binary of the workspace: in `COURIER_BIN_DIR` (set by `make test`), else
+/// in the workspace's `target/debug`.
+pub fn bin_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("COURIER_BIN_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"),
+        std::path::PathBuf::from,
+    );
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (make test does, or cargo build --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A worker running as a child process of the test, configured by environment.
+pub struct ChildWorker {
+    child: tokio::process::Child,
+}
+
+impl ChildWorker {
+    /// Starts `courier-worker` for `prefix` with extra `COURIER_*` settings.
+    pub fn start(prefix: &str, settings: &[(&str, &str)]) -> Self {
+        let mut cmd = tokio::process::Command::new(bin_path("courier-worker"));
+        cmd.env_clear()
+            .env("COURIER_PROFILE", "dev")
+            .env("COURIER_PREFIX", prefix)
+            .env("COURIER_AMQP_URL", AMQP_URL)
+            .env("COURIER_REDIS_URL", REDIS_URL)
+            .env("COURIER_WORKER_ADMIN_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        for (k, v) in settings {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("the worker binary starts"),
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        self.child.wait().await.unwrap()
+    }
+}
+
+/// A Redis of the test's own on a free port (removed on drop), for tests that need
+/// other settings than the shared one or that stop it.
+pub struct TestRedis {
+    pub port: u16,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl TestRedis {
+    /// Starts `redis-server` with `args` added, and waits until it answers.
+    pub async fn start(args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "courier-redis-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make services installs it)");
+        let redis = Self { port, child, dir };
+        let url = redis.url();
+        wait_until("the test Redis to answer", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let store = Store::new(&url, "probe.", 1).ok()?;
+                store.ping().await.ok()
+            }
+        })
+        .await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The delay ladder of tests with retries: short rungs, so retries take milliseconds.
+pub const TEST_LADDER: &str = "100ms,200ms,500ms,1s";
+
+/// The default retry schedule of tests with retries.
+pub const TEST_SCHEDULE: &str = "0s,200ms,500ms,1s";
+
+impl TestEnv {
+    /// Gateway and worker configurations with short retry timing ([`TEST_LADDER`],
+    /// [`TEST_SCHEDULE`]); clean-up then deletes that ladder's delay queues.
+    pub fn short_retries(&mut self) -> (GatewayConfig, WorkerConfig) {
+        let ladder = courier_core::retry::DelayLadder::parse_list(TEST_LADDER).unwrap();
+        let schedule = courier_core::retry::Schedule::parse_list(TEST_SCHEDULE).unwrap();
+        self.topology = Topology::new(self.prefix.clone()).with_ladder(ladder.clone());
+        let mut gateway = self.gateway_config();
+        gateway.shared.retry_schedule = schedule.clone();
+        let mut worker = self.worker_config();
+        worker.shared.retry_schedule = schedule;
+        worker.delay_ladder = ladder;
+        (gateway, worker)
+    }
+
+    /// Waits until the log record of `batch` is in `status`, and returns it.
+    pub async fn wait_status(
+        &self,
+        batch: &courier_core::ids::BatchId,
+        status: &str,
+        deadline: Duration,
+    ) -> courier_store::DeliveryRecord {
+        wait_until(
+            &format!("delivery {batch} to be {status}"),
+            deadline,
+            || async {
+                let r = self.store.delivery(batch).await.unwrap()?;
+                (r.status.as_str() == status).then_some(r)
+            },
+        )
+        .await
+    }
 }

@@ -223,9 +223,10 @@ async fn the_same_event_id_sent_twice_is_delivered_once() {
 
 #[tokio::test]
 async fn a_failing_endpoint_is_logged_failed_not_dropped() {
-    let env = TestEnv::new("failing").await;
-    let gateway = env.start_gateway(env.gateway_config()).await;
-    let worker = env.start_worker(env.worker_config()).await;
+    let mut env = TestEnv::new("failing").await;
+    let (gateway_config, worker_config) = env.short_retries();
+    let gateway = env.start_gateway(gateway_config).await;
+    let worker = env.start_worker(worker_config).await;
     let receiver = TestReceiver::start().await;
     receiver.set(courier_tests::Behaviour::Status(500));
     let api = Api::new(&gateway);
@@ -233,7 +234,8 @@ async fn a_failing_endpoint_is_logged_failed_not_dropped() {
     let webhook = api
         .webhook(
             &tenant,
-            json!({"name": "crm", "url": receiver.url("/hook"), "events": ["*"]}),
+            json!({"name": "crm", "url": receiver.url("/hook"), "events": ["*"],
+                   "retryPolicy": {"maxAttempts": 2}}),
         )
         .await;
     assert_eq!(
@@ -246,8 +248,8 @@ async fn a_failing_endpoint_is_logged_failed_not_dropped() {
     let batch = BatchId::for_single(&wh_id, &EventId::parse("evt_fail").unwrap());
     let record = env.store.delivery(&batch).await.unwrap().unwrap();
     assert_eq!(record.status.as_str(), "failed");
-    assert_eq!(record.attempts.len(), 1);
-    assert_eq!(record.attempts[0].status_code, Some(500));
+    assert_eq!(record.attempts.len(), 2, "retried once, then failed");
+    assert_eq!(record.attempts[1].status_code, Some(500));
 
     worker.stop().await.unwrap();
     gateway.stop().await.unwrap();

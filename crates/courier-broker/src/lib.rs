@@ -5,8 +5,10 @@
 //! - [`publisher`]: a confirmed, `mandatory` publisher: a nack, a return or a lost
 //!   connection is an error the caller sees.
 //! - [`connection`]: connecting with the tokio executor and a timeout.
+//! - [`dead`]: reading why and from where a parked message came.
 
 pub mod connection;
+pub mod dead;
 pub mod publisher;
 pub mod topology;
 

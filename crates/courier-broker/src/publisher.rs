@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::message::Delivery;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
@@ -116,6 +117,21 @@ impl Publisher {
     /// Sends the message and waits for the broker's confirm.
     pub async fn publish(&self, msg: Message<'_>) -> Result<(), BrokerError> {
         self.send(msg).await?.wait().await
+    }
+
+    /// Takes the next message of `queue` (`basic.get`) without removing it: it stays
+    /// unacknowledged on this channel until its acker acks it (removed) or nacks it
+    /// with requeue (back in the queue). Operator tools read `courier.dead` this way.
+    /// The message comes with how many others were ready behind it.
+    pub async fn get(&self, queue: &str) -> Result<Option<(Delivery, u32)>, BrokerError> {
+        let got = tokio::time::timeout(
+            self.confirm_timeout,
+            self.channel
+                .basic_get(queue, BasicGetOptions { no_ack: false }),
+        )
+        .await
+        .map_err(|_| BrokerError::ConfirmTimeout(self.confirm_timeout))??;
+        Ok(got.map(|m| (m.delivery, m.message_count)))
     }
 }
 

@@ -1,5 +1,14 @@
 //! Exchange and queue names (design §5) and their declaration.
+//!
+//! Dead letters go through a fanout exchange, `courier.dead`, bound to two quorum
+//! queues: `courier.dead`, which keeps every parked message for operators (nothing
+//! consumes it; the operator API lists, requeues and discards), and
+//! `courier.dead.log`, whose copy the worker consumes to mark parked delivery jobs
+//! `failed` in the delivery log.
 
+use std::time::Duration;
+
+use courier_core::retry::DelayLadder;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
@@ -20,13 +29,26 @@ pub const DEAD_REASON_HEADER: &str = "x-courier-dead-reason";
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    /// The delay queues' TTLs (`COURIER_DELAY_LADDER`); the default ladder unless set.
+    ladder: DelayLadder,
 }
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            ladder: DelayLadder::default(),
         }
+    }
+
+    /// The same deployment with another delay ladder.
+    pub fn with_ladder(mut self, ladder: DelayLadder) -> Self {
+        self.ladder = ladder;
+        self
+    }
+
+    pub fn ladder(&self) -> &DelayLadder {
+        &self.ladder
     }
 
     pub fn prefix(&self) -> &str {
@@ -48,19 +70,56 @@ impl Topology {
         format!("{}courier.deliveries", self.prefix)
     }
 
-    /// Quorum queue of messages that cannot be processed.
+    /// Quorum queue of messages that cannot be processed, kept for operators.
     pub fn dead_queue(&self) -> String {
         format!("{}courier.dead", self.prefix)
     }
 
+    /// Fanout exchange every parked message goes through (same name as the queue,
+    /// separate namespaces): one copy for operators, one for the delivery log.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}courier.dead", self.prefix)
+    }
+
+    /// Quorum queue of the copies of parked messages that the worker reads to mark
+    /// parked delivery jobs `failed` in the log.
+    pub fn dead_log_queue(&self) -> String {
+        format!("{}courier.dead.log", self.prefix)
+    }
+
+    /// The delay queue of one rung: `courier.delay.{ms}`.
+    pub fn delay_queue(&self, rung: Duration) -> String {
+        format!("{}courier.delay.{}", self.prefix, rung.as_millis())
+    }
+
+    /// The delay queues of the ladder, shortest first.
+    pub fn delay_queues(&self) -> Vec<String> {
+        self.ladder
+            .rungs()
+            .iter()
+            .map(|r| self.delay_queue(*r))
+            .collect()
+    }
+
     /// Every queue of the deployment (for operators and test clean-up).
     pub fn queues(&self) -> Vec<String> {
-        vec![self.events_queue(), self.deliveries(), self.dead_queue()]
+        let mut queues = vec![
+            self.events_queue(),
+            self.deliveries(),
+            self.dead_queue(),
+            self.dead_log_queue(),
+        ];
+        queues.extend(self.delay_queues());
+        queues
     }
 
     /// Every exchange of the deployment.
     pub fn exchanges(&self) -> Vec<String> {
-        vec![self.events_exchange(), self.deliveries()]
+        vec![
+            self.events_exchange(),
+            self.deliveries(),
+            self.dead_exchange(),
+        ]
     }
 
     fn work_queue_args(&self) -> FieldTable {
@@ -71,11 +130,7 @@ impl Topology {
         );
         args.insert(
             "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.dead_queue().into()),
+            AMQPValue::LongString(self.dead_exchange().into()),
         );
         args.insert(
             "x-dead-letter-strategy".into(),
@@ -88,8 +143,46 @@ impl Topology {
         args
     }
 
-    /// Declares everything, idempotently. A queue that already exists with other
-    /// arguments (an operator's choice) is used as it is; bindings are always asserted.
+    /// Arguments of a delay queue: messages wait `rung`, then dead-letter (at least
+    /// once) to `courier.deliveries` with the jobs' routing key.
+    fn delay_queue_args(&self, rung: Duration) -> FieldTable {
+        let mut args = quorum_args();
+        let ttl = i64::try_from(rung.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.deliveries().into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(DELIVERY_ROUTING_KEY.into()),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args
+    }
+
+    /// Declares the delay queues of the ladder, idempotently (the worker does, at start).
+    pub async fn declare_ladder(&self, conn: &Connection) -> Result<(), BrokerError> {
+        for rung in self.ladder.rungs() {
+            ensure_queue(conn, &self.delay_queue(*rung), self.delay_queue_args(*rung)).await?;
+        }
+        Ok(())
+    }
+
+    /// Declares everything but the delay queues, idempotently. A queue that already
+    /// exists with other arguments (an operator's choice) is used as it is; bindings
+    /// are always asserted.
     pub async fn declare(&self, conn: &Connection) -> Result<(), BrokerError> {
         let ch = conn.create_channel().await?;
         let durable = ExchangeDeclareOptions {
@@ -110,7 +203,22 @@ impl Topology {
             FieldTable::default(),
         )
         .await?;
+        ch.exchange_declare(
+            &self.dead_exchange(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        // Nothing consumes courier.dead: its messages wait for an operator, however
+        // often they are listed, so it has no delivery limit.
         ensure_queue(conn, &self.dead_queue(), quorum_args()).await?;
+        let mut dead_log_args = quorum_args();
+        dead_log_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        ensure_queue(conn, &self.dead_log_queue(), dead_log_args).await?;
         ensure_queue(conn, &self.events_queue(), self.work_queue_args()).await?;
         ensure_queue(conn, &self.deliveries(), self.work_queue_args()).await?;
         ch.queue_bind(
@@ -129,6 +237,16 @@ impl Topology {
             FieldTable::default(),
         )
         .await?;
+        for queue in [self.dead_queue(), self.dead_log_queue()] {
+            ch.queue_bind(
+                &queue,
+                &self.dead_exchange(),
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
         ch.close(200, "declared").await?;
         Ok(())
     }
@@ -176,5 +294,57 @@ async fn ensure_queue(conn: &Connection, name: &str, args: FieldTable) -> Result
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_queues_are_named_by_their_ttl_in_milliseconds() {
+        let ladder = DelayLadder::parse_list("100ms,1s,2h").unwrap();
+        let t = Topology::new("p.").with_ladder(ladder);
+        assert_eq!(
+            t.delay_queues(),
+            [
+                "p.courier.delay.100",
+                "p.courier.delay.1000",
+                "p.courier.delay.7200000"
+            ]
+        );
+        let queues = t.queues();
+        assert!(queues.contains(&"p.courier.dead.log".to_owned()));
+        assert!(queues.contains(&"p.courier.delay.7200000".to_owned()));
+        assert!(t.exchanges().contains(&"p.courier.dead".to_owned()));
+        assert_eq!(Topology::new("").delay_queues().len(), 9);
+    }
+
+    #[test]
+    fn delay_queues_dead_letter_to_the_deliveries_at_least_once() {
+        let t = Topology::new("p.");
+        let args = t.delay_queue_args(Duration::from_secs(5));
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(5000)));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(AMQPValue::LongString("p.courier.deliveries".into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-routing-key"),
+            Some(AMQPValue::LongString(DELIVERY_ROUTING_KEY.into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(AMQPValue::LongString("at-least-once".into()))
+        );
+        assert_eq!(
+            get("x-overflow"),
+            Some(AMQPValue::LongString("reject-publish".into()))
+        );
+        assert_eq!(
+            get("x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(DELIVERY_LIMIT))
+        );
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::retry::RetryPolicy;
+
 /// Bytes of a response body kept in the log.
 pub const RESPONSE_BODY_LOG_LIMIT: usize = 4096;
 
@@ -122,6 +124,36 @@ pub fn classify(result: &HttpResult, retry_client_errors: bool) -> Verdict {
     }
 }
 
+/// What follows an attempt, once the webhook's retry policy is applied to its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterAttempt {
+    /// The receiver took the batch.
+    Delivered,
+    /// Try again after this delay.
+    Retry { after: Duration },
+    /// The batch ends `failed`.
+    GiveUp { reason: String },
+}
+
+/// Applies `policy` to the verdict on attempt `attempt` (1-based): a temporary failure
+/// is retried while attempts are left, after the scheduled delay (or the receiver's
+/// `Retry-After`, up to the schedule's longest).
+pub fn after_attempt(verdict: Verdict, policy: &RetryPolicy, attempt: u32) -> AfterAttempt {
+    match verdict {
+        Verdict::Success => AfterAttempt::Delivered,
+        Verdict::Permanent { reason } => AfterAttempt::GiveUp { reason },
+        Verdict::Temporary { retry_after } => match policy.next_delay(attempt, retry_after) {
+            Some(after) => AfterAttempt::Retry { after },
+            None => AfterAttempt::GiveUp {
+                reason: format!(
+                    "still failing after {attempt} attempt{}",
+                    if attempt == 1 { "" } else { "s" }
+                ),
+            },
+        },
+    }
+}
+
 /// One attempt as the delivery log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -223,6 +255,66 @@ mod tests {
         assert_eq!(
             classify(&r, false),
             Verdict::Temporary { retry_after: None }
+        );
+    }
+
+    fn policy(schedule: &str, max_attempts: u32) -> RetryPolicy {
+        let settings = crate::retry::RetrySettings {
+            max_attempts: Some(max_attempts),
+            schedule: Some(crate::retry::Schedule::parse_list(schedule).unwrap()),
+            retry_client_errors: false,
+        };
+        RetryPolicy::effective(&settings, &crate::retry::RetryDefaults::default())
+    }
+
+    #[test]
+    fn temporary_failures_retry_on_the_schedule_until_the_last_attempt() {
+        let p = policy("0s,200ms,500ms", 3);
+        let temporary = || Verdict::Temporary { retry_after: None };
+        assert_eq!(
+            after_attempt(temporary(), &p, 1),
+            AfterAttempt::Retry {
+                after: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(
+            after_attempt(temporary(), &p, 2),
+            AfterAttempt::Retry {
+                after: Duration::from_millis(500)
+            }
+        );
+        assert!(matches!(
+            after_attempt(temporary(), &p, 3),
+            AfterAttempt::GiveUp { reason } if reason.contains("3 attempts")
+        ));
+        assert_eq!(
+            after_attempt(Verdict::Success, &p, 3),
+            AfterAttempt::Delivered
+        );
+    }
+
+    #[test]
+    fn permanent_failures_give_up_at_once_and_retry_after_lengthens_the_wait() {
+        let p = policy("0s,200ms,3s", 3);
+        let reason = "the endpoint answered 404".to_owned();
+        assert_eq!(
+            after_attempt(
+                Verdict::Permanent {
+                    reason: reason.clone()
+                },
+                &p,
+                1
+            ),
+            AfterAttempt::GiveUp { reason }
+        );
+        let asked = Verdict::Temporary {
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            after_attempt(asked, &p, 1),
+            AfterAttempt::Retry {
+                after: Duration::from_secs(2)
+            }
         );
     }
 

@@ -66,6 +66,54 @@ impl DeliveryJob {
     pub fn event_ids(&self) -> impl Iterator<Item = &str> {
         self.events.iter().map(|e| e.event_id.as_str())
     }
+
+    /// The next attempt of this series, not to be made before `due_at`.
+    pub fn next_attempt(&self, due_at: DateTime<Utc>) -> Self {
+        Self {
+            attempt: self.attempt.saturating_add(1),
+            due_at,
+            ..self.clone()
+        }
+    }
+
+    /// The first attempt of a new series of a logged batch, due `now`: the same
+    /// batchId, timestamp and events (so the same body), under the webhook's current
+    /// generation.
+    pub fn replay(
+        stored: StoredEnvelope,
+        tenant_id: TenantId,
+        webhook_id: WebhookId,
+        generation: u64,
+        series: u32,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            batch_id: stored.batch_id,
+            tenant_id,
+            webhook_id,
+            generation,
+            series,
+            attempt: 1,
+            created_at: stored.timestamp,
+            due_at: now,
+            events: stored.events,
+        }
+    }
+}
+
+/// A batch envelope read back from the delivery log, where it is kept as sent.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEnvelope {
+    pub batch_id: BatchId,
+    pub timestamp: DateTime<Utc>,
+    pub events: Vec<EnvelopeEvent>,
+}
+
+impl StoredEnvelope {
+    pub fn parse(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +140,23 @@ mod tests {
         assert_eq!(v["batchId"], id.to_string());
         assert_eq!(v["events"][0]["eventId"], "e1");
         assert_eq!(v["events"][0]["data"]["objectId"], "p1");
+    }
+
+    #[test]
+    fn a_replay_sends_the_same_body_in_a_new_series() {
+        let events = [event("e1"), event("e2")];
+        let wh = WebhookId::parse("wh_1").unwrap();
+        let created = Utc::now() - chrono::Duration::hours(1);
+        let body = BatchEnvelope::new(BatchId::generate(), created, &events).to_body();
+        let stored = StoredEnvelope::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+        let now = Utc::now();
+        let job = DeliveryJob::replay(stored, TenantId::parse("acme").unwrap(), wh, 7, 2, now);
+        assert_eq!((job.series, job.attempt, job.generation), (2, 1, 7));
+        assert_eq!(job.due_at, now);
+        assert_eq!(job.envelope().to_body(), body);
+        let next = job.next_attempt(now + chrono::Duration::seconds(5));
+        assert_eq!((next.series, next.attempt), (2, 2));
+        assert_eq!(next.envelope().to_body(), body);
     }
 
     #[test]

@@ -131,7 +131,14 @@ impl BatchId {
         Self(Uuid::new_v5(&BATCH_NAMESPACE, name.as_bytes()))
     }
 
-    /// A fresh id for a batch of several events, fixed when the batch is cut.
+    /// The id of a webhook's `seq`-th accumulated batch, fixed when the batch is cut
+    /// (and so the same for every replica that hands it on, retry and replay).
+    pub fn for_batch(webhook: &WebhookId, seq: u64) -> Self {
+        let name = format!("{webhook}\nbatch:{seq}");
+        Self(Uuid::new_v5(&BATCH_NAMESPACE, name.as_bytes()))
+    }
+
+    /// A fresh random id.
     pub fn generate() -> Self {
         Self(Uuid::now_v7())
     }
@@ -195,6 +202,9 @@ mod tests {
         assert_ne!(a, BatchId::for_single(&other, &evt));
         assert_eq!(a.as_uuid().get_version_num(), 5);
         assert_eq!(BatchId::parse(&a.to_string()), Some(a));
+        assert_eq!(BatchId::for_batch(&wh, 7), BatchId::for_batch(&wh, 7));
+        assert_ne!(BatchId::for_batch(&wh, 7), BatchId::for_batch(&wh, 8));
+        assert_ne!(BatchId::for_batch(&wh, 7), BatchId::for_batch(&other, 7));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`http`]: the routes, one module (and `router()`) per area.
 //! - [`extract`]: callers (tenant keys, the operator) and size-limited JSON bodies.
 //! - [`ingest`]: publishing accepted events with confirms.
+//! - [`replay`]: replaying logged batches as new series (the port that publishes them).
+//! - [`dead_queue`]: the operator's port on the dead-letter queue.
 //! - [`manage`]: management operations (compare-and-set changes with their audit entries).
 //! - [`error`]: the JSON error body of every failure.
 //! - [`state`]: what handlers share.
@@ -12,11 +14,13 @@
 //! and the tests both call it.
 
 pub mod config;
+pub mod dead_queue;
 pub mod error;
 pub mod extract;
 pub mod http;
 pub mod ingest;
 pub mod manage;
+pub mod replay;
 pub mod state;
 
 use std::sync::Arc;
@@ -46,11 +50,10 @@ pub async fn run(
     let catalog = config.shared.catalog()?;
     let shared = &config.shared;
     let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?;
-    match store.eviction_policy().await {
-        Ok(p) if p == "noeviction" => {}
-        Ok(p) => tracing::warn!(policy = %p, "Redis maxmemory-policy should be noeviction"),
-        Err(e) => tracing::warn!(error = %e, "could not read Redis maxmemory-policy"),
-    }
+    courier_telemetry::settings::check_eviction_policy(
+        store.eviction_policy().await,
+        shared.profile,
+    );
     let topology = Topology::new(shared.prefix.clone());
     let conn =
         courier_broker::connect(&shared.amqp_url, "courier-gateway", Duration::from_secs(10))
@@ -75,6 +78,7 @@ pub async fn run(
             retry_defaults: shared.retry_defaults(),
             max_body_bytes: config.max_body_bytes,
             max_webhooks_per_tenant: config.max_webhooks_per_tenant,
+            strict_redis: shared.profile == Profile::Production,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }),
     };

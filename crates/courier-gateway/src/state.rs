@@ -24,6 +24,8 @@ pub struct Inner {
     pub retry_defaults: RetryDefaults,
     pub max_body_bytes: usize,
     pub max_webhooks_per_tenant: usize,
+    /// Production: a Redis that may evict keys makes the service not ready.
+    pub strict_redis: bool,
     /// SHA-256 of the operator token, compared as hashes so timing reveals nothing.
     pub admin_token_hash: [u8; 32],
 }

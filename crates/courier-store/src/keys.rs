@@ -20,6 +20,11 @@ impl Keys {
         &self.prefix
     }
 
+    /// `{prefix}courier:`, the start of every key (scripts that build keys take it).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Tenant record (JSON).
     pub fn tenant(&self, t: &TenantId) -> String {
         format!("{}tenant:{t}", self.base)

@@ -1,13 +1,17 @@
 //! Courier's Redis adapter.
 //!
+//! - [`batch`]: the batch accumulator of throttled webhooks.
 //! - [`keys`]: every key name, under the deployment's prefix.
 //! - [`scripts`]: the Lua scripts that make multi-key updates atomic; they take the
 //!   time from Redis `TIME`, never from a replica's clock.
 //! - [`repo`]: tenants, API keys and webhooks.
 //! - [`log`]: attempt claims and the delivery log record (design §6).
+//! - [`history`]: the delivery log in pages: listings, dead letters, export, imports.
 //!
 //! [`Store`] is the one handle both services use: a pool plus the key names.
 
+pub mod batch;
+pub mod history;
 pub mod keys;
 pub mod log;
 pub mod repo;
@@ -15,6 +19,7 @@ mod scripts;
 
 use deadpool_redis::{Config, Pool, Runtime};
 
+pub use history::{BatchAttempts, DeadLetterEntry, DeliverySummary, IndexCursor, Page, Span};
 pub use keys::Keys;
 pub use log::{Claim, ClaimRequest, DeliveryRecord};
 pub use repo::{AuditRecord, CreateWebhook, Versioned};
@@ -30,6 +35,28 @@ pub enum StoreError {
     Config(String),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
+}
+
+/// What readiness needs to know about Redis.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisHealth {
+    pub reachable: bool,
+    pub eviction_policy: Option<String>,
+}
+
+impl RedisHealth {
+    /// Keys (webhooks, batches, claims) must never be evicted: anything but
+    /// `noeviction` makes a production deployment not ready. An unreadable policy
+    /// is not held against it.
+    pub fn acceptable(&self, strict: bool) -> bool {
+        self.reachable
+            && (!strict
+                || self
+                    .eviction_policy
+                    .as_deref()
+                    .is_none_or(|p| p == "noeviction"))
+    }
 }
 
 /// A handle on the deployment's Redis data. Cheap to clone.
@@ -95,6 +122,21 @@ impl Store {
             .query_async(&mut *conn)
             .await?;
         Ok(policy)
+    }
+
+    /// Redis as readiness sees it: reachable now, and its eviction policy (`None`
+    /// when the server does not let clients read it, as some managed services do).
+    pub async fn health(&self) -> RedisHealth {
+        match self.eviction_policy().await {
+            Ok(policy) => RedisHealth {
+                reachable: true,
+                eviction_policy: Some(policy),
+            },
+            Err(_) => RedisHealth {
+                reachable: self.ping().await.is_ok(),
+                eviction_policy: None,
+            },
+        }
     }
 
     /// Deletes every key under the prefix (tests and teardown). Refuses an empty prefix.

@@ -28,6 +28,8 @@ pub enum Claim {
     Done,
     /// Another worker holds the lease for this long.
     Busy(Duration),
+    /// A newer series of the batch (a replay) has started; this job is obsolete.
+    Superseded,
 }
 
 /// A delivery log record: one batch for one webhook, with its attempts.
@@ -42,8 +44,12 @@ pub struct DeliveryRecord {
     pub series: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the batch failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The envelope as sent.
     pub payload: Box<serde_json::value::RawValue>,
+    /// Every attempt of every series, oldest first.
     pub attempts: Vec<AttemptRecord>,
 }
 
@@ -67,6 +73,7 @@ impl Store {
             .key(self.keys.claim(&job.batch_id, job.series, job.attempt))
             .key(self.keys.log(&job.batch_id))
             .key(self.keys.log_index(&job.webhook_id))
+            .key(self.keys.dead(&job.tenant_id))
             .arg(req.holder)
             .arg(millis(req.lease))
             .arg(job.tenant_id.as_str())
@@ -81,13 +88,16 @@ impl Store {
         Ok(match state.as_str() {
             "claimed" => Claim::Claimed,
             "done" => Claim::Done,
+            "superseded" => Claim::Superseded,
             _ => Claim::Busy(Duration::from_millis(pttl.max(0).unsigned_abs())),
         })
     }
 
     /// Records the end of a claimed attempt: appends it (if any) to the log, moves the
     /// status forward (never back, and only within the record's current series) and
-    /// marks the claim done. Returns whether the status changed.
+    /// marks the claim done. A batch that becomes `failed` joins its tenant's dead
+    /// letters, with the attempt's outcome as the reason. Returns whether the status
+    /// changed.
     pub async fn finish(
         &self,
         job: &DeliveryJob,
@@ -103,11 +113,14 @@ impl Store {
             .key(self.keys.claim(&job.batch_id, job.series, job.attempt))
             .key(self.keys.log(&job.batch_id))
             .key(self.keys.log_attempts(&job.batch_id))
+            .key(self.keys.dead(&job.tenant_id))
             .arg(attempt_json)
             .arg(status.as_str())
             .arg(job.series)
             .arg(DEDUPE_WINDOW.as_secs())
             .arg(retention.as_secs().max(1))
+            .arg(attempt.map_or("", |a| a.outcome.as_str()))
+            .arg(job.batch_id.to_string())
             .invoke_async(&mut *conn)
             .await?;
         Ok(applied == 1)
@@ -147,12 +160,58 @@ impl Store {
             series: field("series")?.parse().map_err(|_| corrupt("series"))?,
             created_at: time("createdAt")?,
             updated_at: time("updatedAt")?,
+            reason: fields.get("reason").cloned(),
             payload: serde_json::from_str(field("payload")?).map_err(|_| corrupt("payload"))?,
             attempts: attempts
                 .iter()
                 .map(|a| serde_json::from_str(a).map_err(|_| corrupt("attempt")))
                 .collect::<Result<_, _>>()?,
         }))
+    }
+
+    /// Marks the batch of a job that was parked in the dead-letter queue `failed`,
+    /// without an attempt, so that its tenant sees it (and can replay it). A series
+    /// that already ended, or was replaced by a newer one, is left as it is. Returns
+    /// whether the batch was marked.
+    pub async fn mark_dead(
+        &self,
+        job: &DeliveryJob,
+        reason: &str,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        let event_ids: Vec<&str> = job.event_ids().collect();
+        let mut conn = self.conn().await?;
+        let marked: i64 = scripts::MARK_DEAD
+            .key(self.keys.log(&job.batch_id))
+            .key(self.keys.log_index(&job.webhook_id))
+            .key(self.keys.dead(&job.tenant_id))
+            .arg(job.tenant_id.as_str())
+            .arg(job.webhook_id.as_str())
+            .arg(serde_json::to_string(&event_ids).unwrap_or_default())
+            .arg(job.envelope().to_body())
+            .arg(job.series)
+            .arg(job.batch_id.to_string())
+            .arg(retention.as_secs().max(1))
+            .arg(reason)
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(marked == 1)
+    }
+
+    /// Moves the record of a replayed batch to the job's (new) series, `pending`, and
+    /// takes the batch off its tenant's dead letters. Returns whether it moved; it
+    /// does not when the record is gone or already there (the first claim of the
+    /// series then does the same).
+    pub async fn mark_replayed(&self, job: &DeliveryJob) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let moved: i64 = scripts::MARK_REPLAYED
+            .key(self.keys.log(&job.batch_id))
+            .key(self.keys.dead(&job.tenant_id))
+            .arg(job.series)
+            .arg(job.batch_id.to_string())
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(moved == 1)
     }
 
     /// Whether a log record exists (cheap existence check for tests and the API).

@@ -19,25 +19,35 @@ return out
 });
 
 /// Claims an attempt and makes sure the log record exists for its series.
-/// KEYS: claim, log record, log index. ARGV: holder, lease ms, tenant, webhook id,
-/// event ids JSON, payload, series, batch id, retention s.
-/// Returns {'claimed'|'done'|'busy', pttl}.
+/// KEYS: claim, log record, log index, tenant's dead letters. ARGV: holder, lease ms,
+/// tenant, webhook id, event ids JSON, payload, series, batch id, retention s.
+/// Returns {'claimed'|'done'|'busy'|'superseded', pttl}: 'done' also when the series
+/// has already ended, 'superseded' when a newer series (a replay) has started. A new
+/// series resets the record to `pending` and takes the batch off the dead letters.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
 if cur == 'done' then return {'done', 0} end
+local series = tonumber(ARGV[7])
+local logged = tonumber(redis.call('HGET', KEYS[2], 'series') or '0')
+if logged > series then return {'superseded', 0} end
+if logged == series then
+  local status = redis.call('HGET', KEYS[2], 'status')
+  if status == 'delivered' or status == 'failed' or status == 'cancelled' then return {'done', 0} end
+end
 if cur and cur ~= ARGV[1] then return {'busy', redis.call('PTTL', KEYS[1])} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local series = tonumber(ARGV[7])
-if tonumber(redis.call('HGET', KEYS[2], 'series') or '0') < series then
+if logged < series then
   if redis.call('HSETNX', KEYS[2], 'createdAt', now) == 1 then
     redis.call('ZADD', KEYS[3], now, ARGV[8])
   end
   redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'webhookId', ARGV[4], 'eventIds', ARGV[5],
     'payload', ARGV[6], 'series', series, 'status', 'pending', 'updatedAt', now)
+  redis.call('HDEL', KEYS[2], 'reason')
+  redis.call('ZREM', KEYS[4], ARGV[8])
 end
 local retention = tonumber(ARGV[9])
 redis.call('EXPIRE', KEYS[2], retention)
@@ -49,9 +59,10 @@ return {'claimed', 0}
 });
 
 /// Records an attempt's result and marks its claim done.
-/// KEYS: claim, log record, attempts list. ARGV: attempt JSON ('' for none), status,
-/// series, claim TTL s, retention s.
-/// The status moves only forward within the record's current series.
+/// KEYS: claim, log record, attempts list, tenant's dead letters. ARGV: attempt JSON
+/// ('' for none), status, series, claim TTL s, retention s, reason, batch id.
+/// The status moves only forward within the record's current series; a batch that
+/// becomes `failed` keeps the reason and joins the tenant's dead letters.
 /// Returns 1 if the status was applied.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -67,8 +78,72 @@ if tonumber(redis.call('HGET', KEYS[2], 'series') or '0') ~= tonumber(ARGV[3]) t
 local cur = redis.call('HGET', KEYS[2], 'status') or 'pending'
 if rank[cur] == 2 or rank[ARGV[2]] < rank[cur] then return 0 end
 local t = redis.call('TIME')
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updatedAt', t[1] * 1000 + math.floor(t[2] / 1000))
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updatedAt', now)
+if ARGV[2] == 'failed' then
+  redis.call('HSET', KEYS[2], 'reason', ARGV[6])
+  redis.call('ZADD', KEYS[4], now, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - retention * 1000)
+  redis.call('EXPIRE', KEYS[4], retention)
+end
 redis.call('EXPIRE', KEYS[2], retention)
+return 1
+",
+    )
+});
+
+/// Marks a parked delivery job's batch `failed`, without an attempt, unless its series
+/// has already ended or a newer one has started; creates the record if the series
+/// was never claimed.
+/// KEYS: log record, log index, tenant's dead letters. ARGV: tenant, webhook id, event
+/// ids JSON, payload, series, batch id, retention s, reason.
+/// Returns 1 if the batch was marked.
+pub static MARK_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local series = tonumber(ARGV[5])
+local logged = tonumber(redis.call('HGET', KEYS[1], 'series') or '0')
+if logged > series then return 0 end
+if logged < series then
+  if redis.call('HSETNX', KEYS[1], 'createdAt', now) == 1 then
+    redis.call('ZADD', KEYS[2], now, ARGV[6])
+  end
+  redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'webhookId', ARGV[2], 'eventIds', ARGV[3],
+    'payload', ARGV[4], 'series', series, 'status', 'pending', 'updatedAt', now)
+else
+  local cur = redis.call('HGET', KEYS[1], 'status')
+  if cur == 'delivered' or cur == 'failed' or cur == 'cancelled' then return 0 end
+end
+local retention = tonumber(ARGV[7])
+redis.call('HSET', KEYS[1], 'status', 'failed', 'updatedAt', now, 'reason', ARGV[8])
+redis.call('EXPIRE', KEYS[1], retention)
+redis.call('EXPIRE', KEYS[2], retention)
+redis.call('ZADD', KEYS[3], now, ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention * 1000)
+redis.call('EXPIRE', KEYS[3], retention)
+return 1
+",
+    )
+});
+
+/// Starts a replayed series in the log: the record moves to the new series as
+/// `pending` and leaves the tenant's dead letters. Nothing happens if the record is
+/// gone or already at that series or a later one (the first claim then does it).
+/// KEYS: log record, tenant's dead letters. ARGV: series, batch id.
+/// Returns 1 if the record moved.
+pub static MARK_REPLAYED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local series = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'series') or '0') >= series then return 0 end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[1], 'series', series, 'status', 'pending', 'updatedAt', now)
+redis.call('HDEL', KEYS[1], 'reason')
+redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 ",
     )

@@ -128,3 +128,21 @@ impl SharedSettings {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
+
+/// Logs at start what readiness will say of Redis's eviction policy: Courier needs
+/// `noeviction` (keys of webhooks, batches and claims must never vanish).
+pub fn check_eviction_policy<E: std::fmt::Display>(policy: Result<String, E>, profile: Profile) {
+    match (policy, profile) {
+        (Ok(p), _) if p == "noeviction" => {}
+        (Ok(p), Profile::Dev) => {
+            tracing::warn!(policy = %p, "Redis maxmemory-policy should be noeviction; tolerated in the dev profile")
+        }
+        (Ok(p), Profile::Production) => tracing::error!(
+            policy = %p,
+            "Redis maxmemory-policy must be noeviction; this instance reports not ready until it is"
+        ),
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "could not read Redis maxmemory-policy (CONFIG GET refused?)")
+        }
+    }
+}

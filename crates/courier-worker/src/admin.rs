@@ -23,15 +23,21 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
 
 async fn ready(State(p): State<Arc<Pipeline>>) -> (StatusCode, Json<Value>) {
     let broker = p.publisher.is_open();
-    let redis = p.store.ping().await.is_ok();
-    let status = if broker && redis {
+    let redis = p.store.health().await;
+    let ready = broker && redis.acceptable(p.strict_redis);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({ "ready": status == StatusCode::OK, "broker": broker, "redis": redis })),
+        Json(json!({
+            "ready": ready,
+            "broker": broker,
+            "redis": redis.reachable,
+            "redisEvictionPolicy": redis.eviction_policy,
+        })),
     )
 }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use courier_core::retry::DelayLadder;
 use courier_telemetry::settings::parse_duration;
 use courier_telemetry::SharedSettings;
 
@@ -36,10 +37,27 @@ pub struct WorkerConfig {
     #[arg(long, env = "COURIER_LOG_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub log_retention: Duration,
 
+    /// TTLs of the delay queues (`courier.delay.{ms}`, one per rung) that carry
+    /// retries to their due time. A job waits in the largest rung not longer than
+    /// what remains of its delay, so it is never early and at most one smallest rung
+    /// late; a delay longer than the top rung takes several hops.
+    #[arg(long, env = "COURIER_DELAY_LADDER", default_value = "1s,5s,30s,1m,5m,30m,1h,2h,6h", value_parser = DelayLadder::parse_list)]
+    pub delay_ladder: DelayLadder,
+
     /// How long in-flight deliveries may finish after SIGTERM before they are
     /// abandoned (and redelivered by the broker).
     #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "35s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How long the oldest event waiting in a throttled webhook's batch may wait
+    /// before what waits is sent, fewer than N or not.
+    #[arg(long, env = "COURIER_FLUSH_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub flush_timeout: Duration,
+
+    /// How long a cut batch may stay unhanded (its replica died between cutting it
+    /// and publishing its delivery job) before another replica takes it over.
+    #[arg(long, env = "COURIER_BATCH_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub batch_lease: Duration,
 }
 
 impl WorkerConfig {
@@ -51,7 +69,10 @@ impl WorkerConfig {
             prefetch: 64,
             delivery_concurrency: 64,
             log_retention: Duration::from_secs(7 * 24 * 3600),
+            delay_ladder: DelayLadder::default(),
             shutdown_grace: Duration::from_secs(35),
+            flush_timeout: Duration::from_secs(300),
+            batch_lease: Duration::from_secs(30),
         }
     }
 }

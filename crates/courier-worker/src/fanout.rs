@@ -1,6 +1,7 @@
 //! The fan-out stage: one event in, one delivery job per webhook that wants it out.
 
 use chrono::Utc;
+use courier_broker::dead::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
 use courier_broker::lapin::message::Delivery;
 use courier_broker::topology::{DEAD_REASON_HEADER, DELIVERY_ROUTING_KEY};
 use courier_broker::Message;
@@ -8,6 +9,9 @@ use courier_core::envelope::DeliveryJob;
 use courier_core::event::Event;
 use courier_core::ids::BatchId;
 
+use courier_store::batch::Append;
+
+use crate::batching::hand_on;
 use crate::consumer::Settle;
 use crate::metrics::EventResult;
 use crate::Pipeline;
@@ -44,23 +48,51 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
         }
     };
     let now = Utc::now();
-    let jobs: Vec<DeliveryJob> = webhooks
+    let mut jobs = Vec::new();
+    let mut cut = Vec::new();
+    for w in webhooks
         .iter()
         .filter(|w| w.wants(&event.key, event.properties_updated.as_deref()))
-        .map(|w| DeliveryJob {
-            batch_id: BatchId::for_single(&w.id, &event.id),
-            tenant_id: event.tenant.clone(),
-            webhook_id: w.id.clone(),
-            generation: w.generation,
-            series: 1,
-            attempt: 1,
-            created_at: now,
-            due_at: now,
-            events: vec![event.to_envelope_event()],
-        })
-        .collect();
-    if publish_jobs(p, &jobs).await {
-        tracing::debug!(jobs = jobs.len(), "event fanned out");
+    {
+        if !w.throttling.batches() {
+            jobs.push(DeliveryJob {
+                batch_id: BatchId::for_single(&w.id, &event.id),
+                tenant_id: event.tenant.clone(),
+                webhook_id: w.id.clone(),
+                generation: w.generation,
+                series: 1,
+                attempt: 1,
+                created_at: now,
+                due_at: now,
+                events: vec![event.to_envelope_event()],
+            });
+            continue;
+        }
+        let placed = p
+            .store
+            .append_to_batch(
+                &w.id,
+                &event.tenant,
+                w.generation,
+                w.throttling.get(),
+                &event.to_envelope_event(),
+                p.batch_timing,
+            )
+            .await;
+        match placed {
+            Ok(Append::Placed { cut: batches }) => cut.extend(batches),
+            Ok(Append::Duplicate) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not place the event in a batch; requeueing it");
+                p.metrics.event(EventResult::requeued);
+                return Settle::Requeue;
+            }
+        }
+    }
+    // Batches this event completed are pending until handed on; if that fails here
+    // their lease ends and another replica hands them on.
+    if publish_jobs(p, &jobs).await && hand_on(p, &cut).await {
+        tracing::debug!(jobs = jobs.len(), batches = cut.len(), "event fanned out");
         p.metrics.event(EventResult::fanned_out);
         Settle::Ack
     } else {
@@ -98,17 +130,20 @@ pub async fn publish_jobs(p: &Pipeline, jobs: &[DeliveryJob]) -> bool {
     confirmed == jobs.len()
 }
 
-/// Moves a message that can never be processed to `courier.dead`, with the reason.
+/// Moves a message that can never be processed to `courier.dead` (through its
+/// fanout exchange, which also feeds the delivery log's copy), with the reason and
+/// where it came from, so that an operator can requeue it.
 pub async fn park(p: &Pipeline, delivery: &Delivery, reason: &str) -> Settle {
     tracing::warn!(
         reason,
         "parking an unprocessable message in the dead-letter queue"
     );
-    let dead = p.topology.dead_queue();
-    let mut msg = Message::new("", &dead, &delivery.data)
+    let dead = p.topology.dead_exchange();
+    let mut msg = Message::new(&dead, "", &delivery.data)
         .with_header(DEAD_REASON_HEADER, reason.to_owned())
+        .with_header(ORIGINAL_EXCHANGE_HEADER, delivery.exchange.to_string())
         .with_header(
-            "x-courier-original-routing-key",
+            ORIGINAL_ROUTING_KEY_HEADER,
             delivery.routing_key.to_string(),
         );
     if let Some(id) = delivery.properties.message_id() {

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// What became of a consumed event.
@@ -32,6 +33,23 @@ pub enum JobResult {
     requeued,
 }
 
+/// What became of a copy of a parked message (`courier.dead.log`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DeadResult {
+    /// A delivery job whose batch was marked `failed` in the log.
+    recorded,
+    /// Nothing to record: not a delivery job, or its series had already ended.
+    ignored,
+    /// Redis was unavailable; it went back to the broker.
+    requeued,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLabels {
+    result: DeadResult,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     result: EventResult,
@@ -45,9 +63,12 @@ struct JobLabels {
 /// The worker's counters and its registry.
 pub struct Metrics {
     registry: Registry,
+    batch_size: Histogram,
     events: Family<EventLabels, Counter>,
     jobs_published: Counter,
     deliveries: Family<JobLabels, Counter>,
+    jobs_deferred: Counter,
+    dead_letters: Family<DeadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,6 +77,14 @@ impl Default for Metrics {
         let events = Family::<EventLabels, Counter>::default();
         let jobs_published = Counter::default();
         let deliveries = Family::<JobLabels, Counter>::default();
+        let batch_size = Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 10.0]);
+        registry.register(
+            "courier_batch_size",
+            "Events per batch handed on for throttled webhooks",
+            batch_size.clone(),
+        );
+        let jobs_deferred = Counter::default();
+        let dead_letters = Family::<DeadLabels, Counter>::default();
         registry.register(
             "courier_events_consumed",
             "Events consumed from the intake queue, by result",
@@ -71,11 +100,24 @@ impl Default for Metrics {
             "Delivery jobs consumed, by outcome",
             deliveries.clone(),
         );
+        registry.register(
+            "courier_jobs_deferred",
+            "Delivery jobs that came out of the delay ladder before their due time and went back in",
+            jobs_deferred.clone(),
+        );
+        registry.register(
+            "courier_dead_letters",
+            "Copies of parked messages consumed to update the delivery log, by result",
+            dead_letters.clone(),
+        );
         Self {
             registry,
+            batch_size,
             events,
             jobs_published,
             deliveries,
+            jobs_deferred,
+            dead_letters,
         }
     }
 }
@@ -92,6 +134,20 @@ impl Metrics {
 
     pub fn delivery(&self, outcome: JobResult) {
         self.deliveries.get_or_create(&JobLabels { outcome }).inc();
+    }
+
+    pub fn job_deferred(&self) {
+        self.jobs_deferred.inc();
+    }
+
+    pub fn dead_letter(&self, result: DeadResult) {
+        self.dead_letters
+            .get_or_create(&DeadLabels { result })
+            .inc();
+    }
+
+    pub fn batch_sent(&self, events: usize) {
+        self.batch_size.observe(events as f64);
     }
 
     /// The registry in the Prometheus text format.

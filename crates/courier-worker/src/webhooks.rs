@@ -24,6 +24,8 @@ pub struct WebhookCache {
     /// Bumped by every invalidation, so a read that raced one is not cached.
     epoch: AtomicU64,
     live: AtomicBool,
+    /// Every announced change (the tenant), for those that act on changes.
+    changed: tokio::sync::broadcast::Sender<TenantId>,
 }
 
 impl WebhookCache {
@@ -33,7 +35,14 @@ impl WebhookCache {
             entries: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
+            changed: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Announced changes from now on (tenant ids). A receiver that lags loses the
+    /// oldest; what it missed is caught up by the flush timeout.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<TenantId> {
+        self.changed.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Arc<Vec<Webhook>>>> {
@@ -103,7 +112,10 @@ impl WebhookCache {
                             () = stop.cancelled() => break,
                             change = changes.next() => match change {
                                 Some(tenant) => match TenantId::parse(&tenant) {
-                                    Ok(t) => self.forget(Some(&t)),
+                                    Ok(t) => {
+                                        self.forget(Some(&t));
+                                        let _ = self.changed.send(t);
+                                    }
                                     Err(_) => self.forget(None),
                                 },
                                 None => break,

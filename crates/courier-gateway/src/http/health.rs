@@ -23,10 +23,13 @@ pub struct Health {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Readiness {
     ready: bool,
     broker: bool,
     redis: bool,
+    /// Redis's `maxmemory-policy`; anything but `noeviction` is not ready in production.
+    redis_eviction_policy: Option<String>,
 }
 
 /// The process is alive.
@@ -35,15 +38,16 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// RabbitMQ and Redis are reachable now.
+/// RabbitMQ and Redis are reachable now (and, in production, Redis never evicts keys).
 #[utoipa::path(
     get, operation_id = "readyz", path = "/readyz", tag = "health",
     responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness))
 )]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let broker = state.publisher.is_open();
-    let redis = state.store.ping().await.is_ok();
-    let status = if broker && redis {
+    let redis = state.store.health().await;
+    let ready = broker && redis.acceptable(state.strict_redis);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -51,9 +55,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     (
         status,
         Json(Readiness {
-            ready: broker && redis,
+            ready,
             broker,
-            redis,
+            redis: redis.reachable,
+            redis_eviction_policy: redis.eviction_policy,
         }),
     )
 }

@@ -4,8 +4,11 @@
 //! handlers carry `#[utoipa::path]`; [`router`] merges them and serves the document
 //! at `/openapi.json`.
 
+pub mod admin_queue;
 pub mod audit;
 pub mod catalog;
+pub mod dead_letters;
+pub mod deliveries;
 pub mod events;
 pub mod health;
 pub mod tenants;
@@ -33,6 +36,9 @@ use crate::state::AppState;
         (name = "event-types", description = "The event catalog"),
         (name = "tenants", description = "Operator: tenants and API keys"),
         (name = "audit", description = "Audit log of configuration changes"),
+        (name = "deliveries", description = "The delivery log and replays"),
+        (name = "dead-letters", description = "Failed batches and their replay"),
+        (name = "admin", description = "Operator: the dead-letter queue"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -68,6 +74,9 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(webhooks::router())
         .merge(catalog::router())
         .merge(audit::router())
+        .merge(deliveries::router())
+        .merge(dead_letters::router())
+        .merge(admin_queue::router())
         .merge(health::router())
 }
 
