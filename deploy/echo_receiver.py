@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A webhook receiver for trying Courier by hand.
 
-Listens on 127.0.0.1, prints every POST it gets (path, the webhook headers and
+Listens on 127.0.0.1 (or --host), prints every POST it gets (path, the webhook headers and
 the pretty-printed JSON body) and answers 204 No Content. With --secret it also
 verifies the Standard Webhooks signature.
 
@@ -123,7 +123,8 @@ def self_test():
 
 def main():
     parser = argparse.ArgumentParser(description="Print the webhooks Courier sends; answer 204.")
-    parser.add_argument("--port", type=int, default=9000, help="port on 127.0.0.1 (default 9000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
     parser.add_argument("--secret", help="the webhook's whsec_... secret, to verify signatures")
     parser.add_argument("--self-test", action="store_true", help="check the signing code and exit")
     args = parser.parse_args()
@@ -138,10 +139,10 @@ def main():
         except (binascii.Error, ValueError):
             parser.error("--secret must be whsec_ followed by base64")
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
     print(
-        "listening on http://127.0.0.1:%d%s (Ctrl-C to stop)"
-        % (args.port, ", verifying signatures" if Handler.key is not None else ""),
+        "listening on http://%s:%d%s (Ctrl-C to stop)"
+        % (args.host, args.port, ", verifying signatures" if Handler.key is not None else ""),
         flush=True,
     )
     try:

@@ -2,11 +2,14 @@
 //! and Redis ([`TestEnv`]), a stand-in subscriber ([`TestReceiver`]), JSON Schema
 //! checks ([`schemas`]), fault injection ([`chaos`]: a private RabbitMQ node, a
 //! cuttable TCP proxy), and waiting on conditions with deadlines ([`wait_until`]).
+//! [`spans`] keeps the spans a service instance exports, for tests of tracing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chaos;
 pub mod receiver;
 pub mod schemas;
+pub mod security;
+pub mod spans;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -370,29 +373,110 @@ pub fn bin_path(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A worker running as a child process of the test, configured by environment.
-pub struct ChildWorker {
+/// A gateway or worker running as a child process of the test, configured by
+/// environment (the real binary, as deployed).
+pub struct ChildService {
     child: tokio::process::Child,
+    /// The HTTP address: the API of a gateway, the admin endpoints of a worker.
+    pub addr: SocketAddr,
 }
 
-impl ChildWorker {
-    /// Starts `courier-worker` for `prefix` with extra `COURIER_*` settings.
-    pub fn start(prefix: &str, settings: &[(&str, &str)]) -> Self {
-        let mut cmd = tokio::process::Command::new(bin_path("courier-worker"));
+/// Where a child service finds its dependencies.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub prefix: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+}
+
+impl Deps {
+    /// The shared RabbitMQ and Redis under `prefix`.
+    pub fn shared(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            amqp_url: AMQP_URL.to_owned(),
+            redis_url: REDIS_URL.to_owned(),
+        }
+    }
+}
+
+impl ChildService {
+    fn spawn(binary: &str, addr_var: &str, deps: &Deps, settings: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = tokio::process::Command::new(bin_path(binary));
         cmd.env_clear()
             .env("COURIER_PROFILE", "dev")
-            .env("COURIER_PREFIX", prefix)
-            .env("COURIER_AMQP_URL", AMQP_URL)
-            .env("COURIER_REDIS_URL", REDIS_URL)
-            .env("COURIER_WORKER_ADMIN_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            .env("COURIER_PREFIX", &deps.prefix)
+            .env("COURIER_AMQP_URL", &deps.amqp_url)
+            .env("COURIER_REDIS_URL", &deps.redis_url)
+            .env("COURIER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env(addr_var, addr.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("COURIER_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null());
         for (k, v) in settings {
             cmd.env(k, v);
         }
         Self {
-            child: cmd.spawn().expect("the worker binary starts"),
+            child: cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("{binary} starts: {e}")),
+            addr,
+        }
+    }
+
+    /// Starts `courier-gateway` and waits until it answers `/healthz`.
+    pub async fn gateway(deps: &Deps, settings: &[(&str, &str)]) -> Self {
+        let service = Self::spawn("courier-gateway", "COURIER_GATEWAY_ADDR", deps, settings);
+        service.wait_ready("/readyz").await;
+        service
+    }
+
+    /// Starts `courier-worker` (without waiting: it may be started while the broker
+    /// is down, and a worker killed repeatedly need not come up in between).
+    pub fn worker(deps: &Deps, settings: &[(&str, &str)]) -> Self {
+        Self::spawn(
+            "courier-worker",
+            "COURIER_WORKER_ADMIN_ADDR",
+            deps,
+            settings,
+        )
+    }
+
+    /// Waits until `path` answers 200.
+    pub async fn wait_ready(&self, path: &str) {
+        let url = format!("http://{}{path}", self.addr);
+        wait_until(
+            "the child service to be ready",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    reqwest::get(&url)
+                        .await
+                        .ok()?
+                        .status()
+                        .is_success()
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// An API client of this gateway.
+    pub fn api(&self) -> Api {
+        Api {
+            base: format!("http://{}", self.addr),
+            http: reqwest::Client::new(),
         }
     }
 
@@ -402,15 +486,26 @@ impl ChildWorker {
         self.child.wait().await.unwrap();
     }
 
-    /// SIGTERM, then the exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
         let pid = self.child.id().expect("running");
+        let asked = std::time::Instant::now();
         std::process::Command::new("kill")
             .arg("-TERM")
             .arg(pid.to_string())
             .status()
             .unwrap();
-        self.child.wait().await.unwrap()
+        let status = self.child.wait().await.unwrap();
+        (status, asked.elapsed())
+    }
+}
+
+/// The worker as a child process, on the shared RabbitMQ and Redis.
+pub struct ChildWorker;
+
+impl ChildWorker {
+    pub fn start(prefix: &str, settings: &[(&str, &str)]) -> ChildService {
+        ChildService::worker(&Deps::shared(prefix), settings)
     }
 }
 
@@ -420,6 +515,7 @@ pub struct TestRedis {
     pub port: u16,
     child: std::process::Child,
     dir: std::path::PathBuf,
+    args: Vec<String>,
 }
 
 impl TestRedis {
@@ -435,7 +531,20 @@ impl TestRedis {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = std::process::Command::new("redis-server")
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = Self::spawn(port, &dir, &args);
+        let redis = Self {
+            port,
+            child,
+            dir,
+            args,
+        };
+        redis.wait_up().await;
+        redis
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, args: &[String]) -> std::process::Child {
+        std::process::Command::new("redis-server")
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -445,13 +554,28 @@ impl TestRedis {
                 "",
             ])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .args(args)
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("redis-server is installed (make services installs it)");
-        let redis = Self { port, child, dir };
-        let url = redis.url();
+            .expect("redis-server is installed (make services installs it)")
+    }
+
+    /// Shuts Redis down (SIGTERM: with AOF on, what was acknowledged is on disk),
+    /// waits `down`, and starts it again on the same port and directory.
+    pub async fn restart(&mut self, down: Duration) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = Self::spawn(self.port, &self.dir, &self.args);
+        self.wait_up().await;
+    }
+
+    async fn wait_up(&self) {
+        let url = self.url();
         wait_until("the test Redis to answer", Duration::from_secs(10), || {
             let url = url.clone();
             async move {
@@ -460,7 +584,6 @@ impl TestRedis {
             }
         })
         .await;
-        redis
     }
 
     pub fn url(&self) -> String {

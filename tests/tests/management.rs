@@ -233,6 +233,13 @@ async fn invalid_webhooks_are_refused_naming_each_field() {
     let env = TestEnv::new("invalid").await;
     let mut config = env.gateway_config();
     config.shared.profile = courier_telemetry::Profile::Production;
+    // Production requires the keys that encrypt webhook secrets at rest.
+    config.shared.secret_keys = Some(
+        courier_core::keyring::Keyring::parse(&courier_core::keyring::Keyring::generate_entry(
+            "k1",
+        ))
+        .unwrap(),
+    );
     let gateway = env.start_gateway(config).await;
     let api = Api::new(&gateway);
     let acme = api.tenant("acme").await;

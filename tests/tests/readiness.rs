@@ -15,6 +15,9 @@ async fn an_evicting_redis_is_not_ready_in_production_and_tolerated_in_dev() {
     dev.shared.redis_url = redis.url();
     let mut production = dev.clone();
     production.shared.profile = Profile::Production;
+    // Production requires the keys that encrypt webhook secrets at rest.
+    let keys = courier_core::keyring::Keyring::generate_entry("k1");
+    production.shared.secret_keys = Some(courier_core::keyring::Keyring::parse(&keys).unwrap());
 
     let gateway = env.start_gateway(dev).await;
     let r = http
@@ -31,6 +34,7 @@ async fn an_evicting_redis_is_not_ready_in_production_and_tolerated_in_dev() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
+    let production_keys = production.shared.secret_keys.clone();
     let task = tokio::spawn(courier_gateway::run(production, listener, stop.clone()));
     let body: serde_json::Value = courier_tests::wait_until(
         "the gateway to answer",
@@ -53,6 +57,7 @@ async fn an_evicting_redis_is_not_ready_in_production_and_tolerated_in_dev() {
     let mut worker = env.worker_config();
     worker.shared.redis_url = redis.url();
     worker.shared.profile = Profile::Production;
+    worker.shared.secret_keys = production_keys;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -494,7 +494,7 @@ async fn garbage_on_the_events_exchange_is_parked_and_the_next_event_is_delivere
         || async {
             let ignored = s
                 .worker
-                .metric("courier_dead_letters_total{result=\"ignored\"}")
+                .metric("courier_dead_letter_copies_total{result=\"ignored\"}")
                 .await;
             (ignored == 1).then_some(())
         },

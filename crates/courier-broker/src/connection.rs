@@ -11,6 +11,8 @@ pub enum BrokerError {
     ConnectTimeout(Duration),
     #[error("the broker did not confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    #[error("not connected to the broker")]
+    Disconnected,
     #[error("the broker refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for routing key {0}")]
@@ -27,8 +29,25 @@ impl BrokerError {
     }
 }
 
+/// Heartbeat asked of the broker unless the URL sets one, so that a dead
+/// connection is noticed within seconds, not minutes.
+const HEARTBEAT_SECS: u16 = 10;
+
+/// The URL with a heartbeat, unless it has one.
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat={HEARTBEAT_SECS}")
+    } else {
+        format!("{url}?heartbeat={HEARTBEAT_SECS}")
+    }
+}
+
 /// Opens a connection on the current tokio runtime, giving up after `timeout`.
 pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connection, BrokerError> {
+    let url = with_heartbeat(url);
+    let url = url.as_str();
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)

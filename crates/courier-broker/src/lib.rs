@@ -4,16 +4,21 @@
 //!   idempotent declaration.
 //! - [`publisher`]: a confirmed, `mandatory` publisher: a nack, a return or a lost
 //!   connection is an error the caller sees.
-//! - [`connection`]: connecting with the tokio executor and a timeout.
+//! - [`connection`]: connecting with the tokio executor, a heartbeat and a timeout.
+//! - [`supervisor`]: a connection that reconnects, re-declares and reopens by itself.
 //! - [`dead`]: reading why and from where a parked message came.
+//! - [`headers`]: text headers of a consumed message (trace context, `x-courier-*`).
 
 pub mod connection;
 pub mod dead;
+pub mod headers;
 pub mod publisher;
+pub mod supervisor;
 pub mod topology;
 
 pub use connection::{connect, BrokerError};
 pub use publisher::{Message, Publisher};
+pub use supervisor::{Broker, BrokerSettings};
 pub use topology::Topology;
 
 /// Re-exported so that callers need no direct lapin dependency for consuming.

@@ -42,11 +42,21 @@ impl<'a> Message<'a> {
 }
 
 /// A channel in confirm mode. Clones share the channel; publishing from many tasks
-/// at once is safe and pipelines their confirms.
+/// at once is safe and pipelines their confirms. A publisher of a [`Broker`]
+/// follows its reconnections: it always publishes on the current channel, and
+/// fails with [`BrokerError::Disconnected`] while there is none.
+///
+/// [`Broker`]: crate::Broker
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    source: Source,
     confirm_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Source {
+    Channel(Channel),
+    Broker(crate::supervisor::Broker),
 }
 
 /// A publish the broker has yet to confirm.
@@ -64,20 +74,37 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self {
-            channel,
+            source: Source::Channel(channel),
             confirm_timeout,
         })
     }
 
-    /// Closes the channel once in-flight confirms are in.
-    pub async fn close(&self) {
-        let _ = self.channel.wait_for_confirms().await;
-        let _ = self.channel.close(200, "closing").await;
+    /// The publisher of a supervised connection.
+    pub(crate) fn supervised(broker: crate::supervisor::Broker, confirm_timeout: Duration) -> Self {
+        Self {
+            source: Source::Broker(broker),
+            confirm_timeout,
+        }
     }
 
-    /// Whether the channel can still publish.
+    fn channel(&self) -> Result<Channel, BrokerError> {
+        match &self.source {
+            Source::Channel(c) => Ok(c.clone()),
+            Source::Broker(b) => b.channel().ok_or(BrokerError::Disconnected),
+        }
+    }
+
+    /// Closes the channel once in-flight confirms are in.
+    pub async fn close(&self) {
+        if let Ok(channel) = self.channel() {
+            let _ = channel.wait_for_confirms().await;
+            let _ = channel.close(200, "closing").await;
+        }
+    }
+
+    /// Whether the channel can publish now.
     pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
+        self.channel().is_ok_and(|c| c.status().connected())
     }
 
     /// Sends the message; the returned confirm must be awaited.
@@ -100,10 +127,10 @@ impl Publisher {
             mandatory: true,
             ..Default::default()
         };
+        let channel = self.channel()?;
         let confirm = tokio::time::timeout(
             self.confirm_timeout,
-            self.channel
-                .basic_publish(msg.exchange, msg.routing_key, options, msg.body, props),
+            channel.basic_publish(msg.exchange, msg.routing_key, options, msg.body, props),
         )
         .await
         .map_err(|_| BrokerError::ConfirmTimeout(self.confirm_timeout))??;
@@ -124,10 +151,10 @@ impl Publisher {
     /// with requeue (back in the queue). Operator tools read `courier.dead` this way.
     /// The message comes with how many others were ready behind it.
     pub async fn get(&self, queue: &str) -> Result<Option<(Delivery, u32)>, BrokerError> {
+        let channel = self.channel()?;
         let got = tokio::time::timeout(
             self.confirm_timeout,
-            self.channel
-                .basic_get(queue, BasicGetOptions { no_ack: false }),
+            channel.basic_get(queue, BasicGetOptions { no_ack: false }),
         )
         .await
         .map_err(|_| BrokerError::ConfirmTimeout(self.confirm_timeout))??;

@@ -70,6 +70,9 @@ pub enum TransportError {
     Timeout,
     /// The connection broke while sending or reading.
     Io,
+    /// The target policy refused the webhook's address (SSRF protection): nothing
+    /// was sent, and trying again would not help.
+    Refused,
 }
 
 /// What one POST produced.
@@ -99,13 +102,14 @@ pub enum Verdict {
 
 /// Classifies an attempt: 2xx succeed; connection errors, timeouts, 408, 429 and 5xx
 /// are temporary; 3xx (redirects are never followed) and other 4xx are permanent
-/// unless `retry_client_errors`. `Retry-After` is kept only on 429 and 503.
+/// unless `retry_client_errors`; a target the policy refuses is permanent whatever
+/// the webhook asks. `Retry-After` is kept only on 429 and 503.
 pub fn classify(result: &HttpResult, retry_client_errors: bool) -> Verdict {
     match *result {
-        HttpResult::Failed(kind) => {
-            let _ = kind;
-            Verdict::Temporary { retry_after: None }
-        }
+        HttpResult::Failed(TransportError::Refused) => Verdict::Permanent {
+            reason: crate::target::REFUSED_REASON.to_owned(),
+        },
+        HttpResult::Failed(_) => Verdict::Temporary { retry_after: None },
         HttpResult::Response {
             status,
             retry_after,
@@ -211,6 +215,23 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    #[test]
+    fn refused_targets_are_permanent_even_when_client_errors_retry() {
+        for retry_client_errors in [false, true] {
+            assert_eq!(
+                classify(
+                    &HttpResult::Failed(TransportError::Refused),
+                    retry_client_errors
+                ),
+                Verdict::Permanent {
+                    reason: "deliveries there are not allowed".into()
+                }
+            );
+        }
+        let record = serde_json::to_value(TransportError::Refused).unwrap();
+        assert_eq!(record, "refused");
     }
 
     #[test]

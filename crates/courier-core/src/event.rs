@@ -12,6 +12,38 @@ use crate::ids::{EventId, TenantId};
 /// Most events one ingest request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
+/// Deepest nesting of objects and arrays an event's `data` may have (the `data`
+/// object itself is level 1). Receivers' parsers have limits of their own, and deep
+/// documents cost every hop of the pipeline.
+pub const MAX_DATA_DEPTH: usize = 32;
+
+/// The deepest nesting of objects and arrays in a JSON text, counted with a single
+/// pass over its bytes and no recursion (so it is safe on any input, valid or not).
+pub fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// One event as upstream sends it, before validation. Fields are kept loose here so
 /// that every problem can be reported per field rather than as the first serde error.
 #[derive(Debug, Deserialize)]
@@ -102,6 +134,11 @@ fn check_common(
     }
     if !is_json_object(data) {
         errors.add(format!("{prefix}data"), "must be a JSON object");
+    } else if json_depth(data.get().as_bytes()) > MAX_DATA_DEPTH {
+        errors.add(
+            format!("{prefix}data"),
+            format!("nests objects and arrays more than {MAX_DATA_DEPTH} levels deep"),
+        );
     }
     if let Some(props) = properties_updated {
         if props.iter().any(|p| p.is_empty() || p.len() > 128) {
@@ -294,6 +331,41 @@ mod tests {
         .unwrap_err();
         let fields: Vec<_> = errs.fields().collect();
         assert_eq!(fields, ["data", "eventType", "id"]);
+    }
+
+    fn nested(depth: usize) -> String {
+        // `{"a":` depth-1 times, then an array at the bottom: `depth` levels in all.
+        format!(
+            "{}[1]{}",
+            r#"{"a":"#.repeat(depth - 1),
+            "}".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn json_depth_counts_objects_and_arrays_but_not_strings() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(br#"{"a":"{[{[\"{"}"#), 1);
+        assert_eq!(json_depth(nested(40).as_bytes()), 40);
+        assert_eq!(
+            json_depth(b"]]]]{"),
+            1,
+            "garbage neither panics nor underflows"
+        );
+    }
+
+    #[test]
+    fn data_nested_deeper_than_the_limit_is_refused() {
+        let event = |data: &str| {
+            format!(r#"{{"objectType":"Prospect","eventType":"EntityCreated","data":{data}}}"#)
+        };
+        assert!(ingest(&event(&nested(MAX_DATA_DEPTH))).is_ok());
+        let errs = ingest(&event(&nested(MAX_DATA_DEPTH + 1))).unwrap_err();
+        assert_eq!(
+            errs.get("data"),
+            Some("nests objects and arrays more than 32 levels deep")
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`envelope`]: the batch envelope a subscriber receives and the delivery job.
 //! - [`webhook`]: webhook fields, validation and the "does it want this event" decision.
 //! - [`signing`]: Standard Webhooks and hmac-sha256-hex signatures, secrets.
+//! - [`keyring`]: encryption of secrets at rest under rotating keys.
+//! - [`target`]: which network addresses deliveries may go to (SSRF protection).
 //! - [`delivery`]: classification of attempts and the delivery log's status.
 //! - [`retry`]: retry policies and the delay ladder.
 //! - [`tenant`]: tenants, API keys and scopes.
@@ -19,7 +21,9 @@ pub mod envelope;
 pub mod errors;
 pub mod event;
 pub mod ids;
+pub mod keyring;
 pub mod retry;
 pub mod signing;
+pub mod target;
 pub mod tenant;
 pub mod webhook;

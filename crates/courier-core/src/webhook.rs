@@ -2,6 +2,7 @@
 //! decision of whether an event goes to a webhook.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use crate::errors::FieldErrors;
 use crate::ids::{TenantId, WebhookId};
 use crate::retry::{RetryDefaults, RetryInput, RetrySettings};
 use crate::signing::{Secret, SignatureScheme};
+use crate::target::{TargetPolicy, REFUSED_REASON};
 
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_NAME_LEN: usize = 128;
@@ -30,17 +32,38 @@ const RESERVED_HEADERS: [&str; 5] = [
 const RESERVED_PREFIXES: [&str; 2] = ["webhook-", "x-courier-"];
 
 /// What the deployment allows as a target URL.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct UrlPolicy {
     /// Plain http (the dev profile); otherwise https only.
     pub allow_http: bool,
+    /// The addresses deliveries may go to: an IP-literal URL outside them is refused
+    /// at once (host names are checked by the worker when it connects).
+    pub targets: TargetPolicy,
+}
+
+impl UrlPolicy {
+    /// The dev profile's: http and loopback allowed.
+    pub fn dev() -> Self {
+        Self {
+            allow_http: true,
+            targets: TargetPolicy {
+                allow_loopback: true,
+                allowed: Vec::new(),
+            },
+        }
+    }
+
+    /// The production profile's: https only, global addresses only.
+    pub fn production() -> Self {
+        Self::default()
+    }
 }
 
 /// Everything a webhook is validated against.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
     pub catalog: &'a Catalog,
-    pub urls: UrlPolicy,
+    pub urls: &'a UrlPolicy,
     pub retry: &'a RetryDefaults,
 }
 
@@ -50,7 +73,7 @@ pub struct Rules<'a> {
 pub struct WebhookUrl(String);
 
 impl WebhookUrl {
-    pub fn parse(s: &str, policy: UrlPolicy) -> Result<Self, String> {
+    pub fn parse(s: &str, policy: &UrlPolicy) -> Result<Self, String> {
         if s.len() > MAX_URL_LEN {
             return Err(format!("must be at most {MAX_URL_LEN} characters"));
         }
@@ -61,8 +84,21 @@ impl WebhookUrl {
             "http" => return Err("must use https".into()),
             other => return Err(format!("must be http or https, not {other}")),
         }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err("must name a host".into());
+        let ip = match url.host() {
+            None | Some(url::Host::Domain("")) => return Err("must name a host".into()),
+            Some(url::Host::Domain(name)) => {
+                if policy.targets.refuses_name(name) {
+                    return Err(format!(
+                        "names {name}, a loopback address; {REFUSED_REASON}"
+                    ));
+                }
+                None
+            }
+            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+        };
+        if let Some(refusal) = ip.and_then(|ip| policy.targets.check(ip).err()) {
+            return Err(format!("names {refusal}; {REFUSED_REASON}"));
         }
         if url.fragment().is_some() {
             return Err("must not have a fragment".into());
@@ -193,7 +229,7 @@ impl Webhook {
 }
 
 /// The body of `POST /v1/webhooks`, before validation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookInput {
@@ -227,6 +263,18 @@ pub struct WebhookInput {
     /// A client-supplied signing secret (`whsec_` + base64 of 24–64 bytes), for migrations;
     /// generated when absent.
     pub secret: Option<String>,
+}
+
+/// Leaves the client-supplied secret out, so a logged input never shows it.
+impl std::fmt::Debug for WebhookInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookInput")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The body of `PATCH /v1/webhooks/{id}`: any subset of the mutable fields.
@@ -490,10 +538,22 @@ fn check_property_filters(filters: &PropertyFilters, catalog: &Catalog, errors: 
 mod tests {
     use super::*;
 
-    const DEV: UrlPolicy = UrlPolicy { allow_http: true };
-    const PROD: UrlPolicy = UrlPolicy { allow_http: false };
+    #[derive(Clone, Copy)]
+    enum Profile {
+        Dev,
+        Prod,
+    }
+    use Profile::{Dev as DEV, Prod as PROD};
 
-    fn create(json: serde_json::Value, policy: UrlPolicy) -> Result<Webhook, FieldErrors> {
+    fn create(json: serde_json::Value, profile: Profile) -> Result<Webhook, FieldErrors> {
+        let policy = match profile {
+            DEV => UrlPolicy::dev(),
+            PROD => UrlPolicy::production(),
+        };
+        create_with(json, &policy)
+    }
+
+    fn create_with(json: serde_json::Value, policy: &UrlPolicy) -> Result<Webhook, FieldErrors> {
         let input: WebhookInput = serde_json::from_value(json).unwrap();
         let catalog = Catalog::builtin();
         let retry = RetryDefaults::default();
@@ -529,6 +589,57 @@ mod tests {
             Some("must use https")
         );
         assert!(create(body, DEV).is_ok());
+    }
+
+    #[test]
+    fn ip_literal_urls_outside_the_target_policy_are_refused() {
+        let with_url = |url: &str| {
+            let mut body = minimal();
+            body["url"] = url.into();
+            body
+        };
+        for (url, words) in [
+            ("https://10.0.0.1/x", "names 10.0.0.1, a private address"),
+            ("https://127.0.0.1/x", "names 127.0.0.1, a loopback address"),
+            ("https://[::1]/x", "names ::1, a loopback address"),
+            (
+                "https://169.254.169.254/latest/meta-data",
+                "names 169.254.169.254, the cloud metadata address",
+            ),
+            (
+                "https://[::ffff:10.0.0.1]/x",
+                "names 10.0.0.1, a private address",
+            ),
+            ("https://0x7f.1/x", "names 127.0.0.1, a loopback address"),
+            (
+                "https://localhost:8443/x",
+                "names localhost, a loopback address",
+            ),
+        ] {
+            let errs = create(with_url(url), PROD).unwrap_err();
+            assert_eq!(
+                errs.get("url"),
+                Some(format!("{words}; deliveries there are not allowed").as_str()),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            create(with_url("http://10.0.0.1/x"), DEV)
+                .unwrap_err()
+                .get("url"),
+            Some("names 10.0.0.1, a private address; deliveries there are not allowed")
+        );
+        assert!(create(with_url("http://127.0.0.1:9000/x"), DEV).is_ok());
+        assert!(create(with_url("http://[::1]:9000/x"), DEV).is_ok());
+        assert!(create(with_url("https://93.184.216.34/x"), PROD).is_ok());
+        let opened = UrlPolicy {
+            allow_http: false,
+            targets: TargetPolicy {
+                allow_loopback: false,
+                allowed: crate::target::parse_cidrs("10.0.0.0/8").unwrap(),
+            },
+        };
+        assert!(create_with(with_url("https://10.0.0.1/x"), &opened).is_ok());
     }
 
     #[test]
@@ -638,7 +749,7 @@ mod tests {
         let retry = RetryDefaults::default();
         let rules = Rules {
             catalog: &catalog,
-            urls: DEV,
+            urls: &UrlPolicy::dev(),
             retry: &retry,
         };
         patch.apply(current, rules, Utc::now())

@@ -38,6 +38,22 @@ pub struct GatewayConfig {
     /// Longest wait for the broker to confirm a publish before answering 503.
     #[arg(long, env = "COURIER_PUBLISH_TIMEOUT", default_value = "10s", value_parser = courier_telemetry::settings::parse_duration)]
     pub publish_timeout: std::time::Duration,
+
+    /// Events per second each tenant may ingest, shared by every gateway replica:
+    /// `1000/s` (or `1000`, `60000/m`), with a burst of 2 seconds' worth unless given
+    /// as `1000/s,burst=5000`. Over it, ingest answers 429 with `Retry-After`.
+    /// Unset: unlimited.
+    #[arg(long, env = "COURIER_TENANT_RATE_LIMIT", value_parser = crate::limits::RateLimit::parse)]
+    pub tenant_rate_limit: Option<crate::limits::RateLimit>,
+
+    /// An operator command to run instead of serving.
+    #[command(subcommand)]
+    pub command: Option<crate::maintenance::Command>,
+
+    /// Tests: span processors of this instance's tracer provider in place of the
+    /// OTLP exporter.
+    #[arg(skip)]
+    pub traces_override: Option<courier_telemetry::TracesOverride>,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -48,6 +64,8 @@ impl fmt::Debug for GatewayConfig {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_webhooks_per_tenant", &self.max_webhooks_per_tenant)
+            .field("tenant_rate_limit", &self.tenant_rate_limit)
+            .field("command", &self.command)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +80,9 @@ impl GatewayConfig {
             max_body_bytes: 1024 * 1024,
             max_webhooks_per_tenant: 3,
             publish_timeout: std::time::Duration::from_secs(10),
+            tenant_rate_limit: None,
+            command: None,
+            traces_override: None,
         }
     }
 

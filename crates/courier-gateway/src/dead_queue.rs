@@ -13,10 +13,12 @@
 use std::collections::HashSet;
 
 use courier_broker::dead::DeadLetter;
+use courier_broker::headers::{text, ACCEPTED_AT_HEADER};
 use courier_broker::lapin::message::Delivery;
 use courier_broker::lapin::options::{BasicAckOptions, BasicNackOptions};
 use courier_broker::{BrokerError, Message};
 use courier_core::envelope::DeliveryJob;
+use courier_telemetry::traces::{TRACEPARENT, TRACESTATE};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -238,6 +240,12 @@ async fn send_back(state: &AppState, delivery: &Delivery) -> Result<bool, QueueE
     let mut msg = Message::new(&exchange, &routing_key, &delivery.data);
     if let Some(id) = dead.message_id.as_deref() {
         msg = msg.with_message_id(id);
+    }
+    // Sent back, it continues the trace it came with.
+    for name in [TRACEPARENT, TRACESTATE, ACCEPTED_AT_HEADER] {
+        if let Some(value) = text(&delivery.properties, name) {
+            msg = msg.with_header(name, value);
+        }
     }
     state.publisher.publish(msg).await?;
     Ok(true)

@@ -13,6 +13,10 @@ pub struct ApiError {
     kind: &'static str,
     message: String,
     details: Value,
+    /// A Redis operation failed (counted by the metrics of the request).
+    redis_failed: bool,
+    /// `Retry-After` seconds, for `rate_limited`.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +26,8 @@ impl ApiError {
             kind,
             message: message.into(),
             details: json!({}),
+            redis_failed: false,
+            retry_after: None,
         }
     }
 
@@ -76,6 +82,23 @@ impl ApiError {
             .with_details(json!(fields))
     }
 
+    /// 429: over the tenant's ingest rate; enough tokens after `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            .with_details(json!({ "retryAfterSeconds": retry_after_secs }));
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
+    /// 431: more request headers, or larger ones, than the gateway accepts.
+    pub fn headers_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            message,
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -93,7 +116,9 @@ impl ApiError {
 
 impl From<courier_store::StoreError> for ApiError {
     fn from(err: courier_store::StoreError) -> Self {
-        Self::dependency("storage", &err)
+        let mut error = Self::dependency("storage", &err);
+        error.redis_failed = true;
+        error
     }
 }
 
@@ -102,7 +127,18 @@ impl IntoResponse for ApiError {
         let body = json!({
             "error": { "type": self.kind, "message": self.message, "details": self.details }
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.redis_failed {
+            response
+                .extensions_mut()
+                .insert(crate::observe::RedisFailed);
+        }
+        response
     }
 }
 
@@ -115,7 +151,8 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct ErrorDetail {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unprocessable`, `rate_limited`, `unavailable`.
+    /// `payload_too_large`, `headers_too_large`, `unprocessable`, `rate_limited`,
+    /// `unavailable`.
     #[schema(example = "not_found")]
     r#type: String,
     #[schema(example = "webhook wh_123 not found")]

@@ -1,8 +1,18 @@
 //! Publishing accepted events to `courier.events`, with confirms.
 
+use std::time::Instant;
+
+use chrono::Utc;
+use courier_broker::headers::ACCEPTED_AT_HEADER;
 use courier_broker::{BrokerError, Message, Publisher, Topology};
 use courier_core::event::Event;
 use courier_core::ids::EventId;
+use courier_telemetry::metrics::{AmqpOperation, Destination};
+use courier_telemetry::Traces;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
+use opentelemetry::{Context, KeyValue};
+
+use crate::metrics::Metrics;
 
 /// What publishing a request's events came to.
 pub struct PublishReport {
@@ -13,13 +23,20 @@ pub struct PublishReport {
 }
 
 /// Publishes every event, pipelining the confirms: all are sent, then all awaited.
+/// Each publish is a PRODUCER span, a child of the current context (the request's
+/// span), and its message carries that span's W3C context and the time of
+/// acceptance in its headers.
 #[tracing::instrument(skip_all, fields(events = events.len()))]
 pub async fn publish_events(
     publisher: &Publisher,
     topology: &Topology,
     events: &[Event],
+    traces: &Traces,
+    metrics: &Metrics,
 ) -> PublishReport {
     let exchange = topology.events_exchange();
+    let parent = Context::current();
+    let accepted_at = Utc::now().timestamp_millis().to_string();
     let mut pending = Vec::with_capacity(events.len());
     let mut failure = None;
     for event in events {
@@ -31,20 +48,59 @@ pub async fn publish_events(
             }
         };
         let routing_key = event.routing_key();
-        let msg = Message::new(&exchange, &routing_key, &body).with_message_id(event.id.as_str());
+        let cx = traces.start_span(
+            format!("publish {exchange}"),
+            SpanKind::Producer,
+            &parent,
+            vec![
+                KeyValue::new("messaging.system", "rabbitmq"),
+                KeyValue::new("messaging.operation.type", "publish"),
+                KeyValue::new("messaging.operation.name", "publish"),
+                KeyValue::new("messaging.destination.name", exchange.clone()),
+                KeyValue::new(
+                    "messaging.rabbitmq.destination.routing_key",
+                    routing_key.clone(),
+                ),
+                KeyValue::new("messaging.message.id", event.id.to_string()),
+                KeyValue::new(
+                    "messaging.message.body.size",
+                    i64::try_from(body.len()).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new("courier.tenant.id", event.tenant.to_string()),
+                KeyValue::new("courier.event.type", event.key.to_string()),
+            ],
+            Vec::new(),
+        );
+        let mut msg = Message::new(&exchange, &routing_key, &body)
+            .with_message_id(event.id.as_str())
+            .with_header(ACCEPTED_AT_HEADER, accepted_at.clone());
+        for (name, value) in traces.inject(&cx).pairs() {
+            msg = msg.with_header(name, value.to_owned());
+        }
+        let sent_at = Instant::now();
         match publisher.send(msg).await {
-            Ok(confirm) => pending.push((&event.id, confirm)),
+            Ok(confirm) => pending.push((&event.id, confirm, cx, sent_at)),
             Err(e) => {
+                metrics.deps.amqp_error(AmqpOperation::publish);
+                fail(&cx, &e);
                 failure = Some(e);
                 break;
             }
         }
     }
     let mut accepted = Vec::with_capacity(pending.len());
-    for (id, confirm) in pending {
+    for (id, confirm, cx, sent_at) in pending {
         match confirm.wait().await {
-            Ok(()) => accepted.push(id.clone()),
+            Ok(()) => {
+                metrics
+                    .deps
+                    .confirmed(Destination::events, sent_at.elapsed());
+                cx.span().end();
+                accepted.push(id.clone());
+            }
             Err(e) => {
+                metrics.deps.amqp_error(AmqpOperation::confirm);
+                fail(&cx, &e);
                 failure.get_or_insert(e);
             }
         }
@@ -53,4 +109,11 @@ pub async fn publish_events(
         tracing::warn!(error = %e, accepted = accepted.len(), "not every event was accepted");
     }
     PublishReport { accepted, failure }
+}
+
+/// Ends a publish span as failed.
+fn fail(cx: &Context, error: &BrokerError) {
+    let span = cx.span();
+    span.set_status(Status::error(error.to_string()));
+    span.end();
 }

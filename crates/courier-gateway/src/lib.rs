@@ -6,9 +6,14 @@
 //! - [`ingest`]: publishing accepted events with confirms.
 //! - [`replay`]: replaying logged batches as new series (the port that publishes them).
 //! - [`dead_queue`]: the operator's port on the dead-letter queue.
+//! - [`limits`]: request limits: header count and size, the per-tenant ingest rate.
+//! - [`maintenance`]: operator commands run instead of serving (`reencrypt-secrets`).
 //! - [`manage`]: management operations (compare-and-set changes with their audit entries).
 //! - [`error`]: the JSON error body of every failure.
 //! - [`state`]: what handlers share.
+//! - [`observe`]: every request in a server span, with its trace ids in the logs and
+//!   its duration in the metrics; `/metrics`.
+//! - [`metrics`]: this instance's Prometheus registry.
 //!
 //! [`run`] serves on a given listener until a cancellation token fires; the binary
 //! and the tests both call it.
@@ -19,7 +24,11 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod ingest;
+pub mod limits;
+pub mod maintenance;
 pub mod manage;
+pub mod metrics;
+pub mod observe;
 pub mod replay;
 pub mod state;
 
@@ -27,8 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use courier_broker::{Publisher, Topology};
-use courier_core::webhook::UrlPolicy;
+use courier_broker::{Broker, BrokerSettings, Topology};
 use courier_store::Store;
 use courier_telemetry::Profile;
 use sha2::{Digest, Sha256};
@@ -47,39 +55,50 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let admin_token = config.effective_admin_token()?;
+    let traces = courier_telemetry::Traces::start(
+        &config.shared.traces,
+        "courier-gateway",
+        config.traces_override.as_ref(),
+    )
+    .context("setting up tracing")?;
     let catalog = config.shared.catalog()?;
     let shared = &config.shared;
-    let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?;
+    let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?
+        .with_keyring(shared.keyring()?);
     courier_telemetry::settings::check_eviction_policy(
         store.eviction_policy().await,
         shared.profile,
     );
     let topology = Topology::new(shared.prefix.clone());
-    let conn =
-        courier_broker::connect(&shared.amqp_url, "courier-gateway", Duration::from_secs(10))
-            .await
-            .context("connecting to RabbitMQ")?;
-    topology
-        .declare(&conn)
-        .await
-        .context("declaring the topology")?;
-    let publisher = Publisher::new(&conn, config.publish_timeout)
-        .await
-        .context("opening the publishing channel")?;
+    // The broker may be down now or later: the gateway serves anyway, answering 503
+    // where it needs the broker and reporting not ready, until it reconnects.
+    let broker = Broker::start(BrokerSettings {
+        url: shared.amqp_url.clone(),
+        name: "courier-gateway".into(),
+        topology: topology.clone(),
+        declare_ladder: false,
+        connect_timeout: Duration::from_secs(10),
+        confirm_timeout: config.publish_timeout,
+    });
+    if !broker.wait_connected(Duration::from_secs(10)).await {
+        tracing::warn!("the broker is unreachable; serving anyway and retrying");
+    }
+    let publisher = broker.publisher();
     let state = AppState {
         inner: Arc::new(Inner {
             store,
             publisher,
             topology,
             catalog,
-            url_policy: UrlPolicy {
-                allow_http: shared.profile == Profile::Dev,
-            },
+            url_policy: shared.url_policy(),
+            tenant_rate_limit: config.tenant_rate_limit.map(|r| r.bucket()),
             retry_defaults: shared.retry_defaults(),
             max_body_bytes: config.max_body_bytes,
             max_webhooks_per_tenant: config.max_webhooks_per_tenant,
             strict_redis: shared.profile == Profile::Production,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            traces: traces.clone(),
+            metrics: metrics::Metrics::default(),
         }),
     };
     let addr = listener.local_addr()?;
@@ -90,7 +109,8 @@ pub async fn run(
         .await
         .context("serving HTTP")?;
     publisher.close().await;
-    let _ = conn.close(200, "shutting down").await;
+    broker.shutdown().await;
+    traces.shutdown().await;
     tracing::info!("gateway stopped");
     Ok(())
 }

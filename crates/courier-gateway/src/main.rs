@@ -7,6 +7,9 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config = GatewayConfig::parse();
     courier_telemetry::logging::init(config.shared.log_format);
+    if let Some(command) = &config.command {
+        return courier_gateway::maintenance::run(&config, command).await;
+    }
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;

@@ -67,7 +67,11 @@ pub async fn publish_jobs(
         // A job is plain strings, numbers and already-valid raw JSON: it always serializes.
         let body = serde_json::to_vec(job).unwrap_or_default();
         let id = job.batch_id.to_string();
-        let msg = Message::new(&exchange, DELIVERY_ROUTING_KEY, &body).with_message_id(&id);
+        let mut msg = Message::new(&exchange, DELIVERY_ROUTING_KEY, &body).with_message_id(&id);
+        // The replay's delivery continues the trace of the request that asked for it.
+        for (name, value) in courier_telemetry::TraceHeaders::current().pairs() {
+            msg = msg.with_header(name, value.to_owned());
+        }
         pending.push(publisher.send(msg).await?);
     }
     let mut failure = None;

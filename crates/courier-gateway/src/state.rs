@@ -28,6 +28,13 @@ pub struct Inner {
     pub strict_redis: bool,
     /// SHA-256 of the operator token, compared as hashes so timing reveals nothing.
     pub admin_token_hash: [u8; 32],
+    /// This instance's tracer provider, tracer and propagator.
+    pub traces: courier_telemetry::Traces,
+    /// This instance's Prometheus registry.
+    pub metrics: crate::metrics::Metrics,
+    /// Events per second each tenant may ingest (`COURIER_TENANT_RATE_LIMIT`);
+    /// `None` is unlimited.
+    pub tenant_rate_limit: Option<courier_store::Bucket>,
 }
 
 impl std::ops::Deref for AppState {
@@ -42,7 +49,7 @@ impl Inner {
     pub fn rules(&self) -> Rules<'_> {
         Rules {
             catalog: &self.catalog,
-            urls: self.url_policy,
+            urls: &self.url_policy,
             retry: &self.retry_defaults,
         }
     }

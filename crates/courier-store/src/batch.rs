@@ -1,7 +1,7 @@
 //! The batch accumulator of throttled webhooks (design §6–§7).
 //!
-//! Per webhook, events wait in a list (`placedMs|event JSON`, in arrival order) and
-//! its flush deadline (the oldest waiting event's time + the flush timeout) sits in
+//! Per webhook, events wait in a list (`placedMs|origin|event JSON`, in arrival
+//! order; see [`EventOrigin`]) and its flush deadline (the oldest waiting event's time + the flush timeout) sits in
 //! one sorted set shared by all webhooks. A batch is *cut* atomically, by exactly one
 //! replica: when N events wait (at append), when the deadline passes (the flusher),
 //! or when the webhook's configuration changes. A cut batch gets the next number of
@@ -62,7 +62,7 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{CUT_FN}{body}"))
 }
 
-/// ARGV: prefix, webhook, event id, event JSON, N, timeout ms, lease ms, tenant,
+/// ARGV: prefix, webhook, event id, `origin|event JSON`, N, timeout ms, lease ms, tenant,
 /// generation, placed TTL s.
 /// Returns {'duplicate'} or {'waiting'|'cut', batches...}.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
@@ -170,6 +170,75 @@ return 1
     )
 });
 
+/// Where an accumulated event came from: when the gateway accepted it and the trace
+/// context of its processing, kept beside it so that the batch's delivery can
+/// report its latency and link to every event's trace.
+///
+/// In the list an item is `placedMs|acceptedMs|traceparent|tracestate|event JSON`
+/// (absent fields empty; `%`, `|` and newlines of the trace state escaped). An item
+/// without origin, `placedMs|event JSON`, is still read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventOrigin {
+    /// Unix milliseconds at which the gateway accepted the event.
+    pub accepted_at_ms: Option<u64>,
+    /// W3C `traceparent` of the span that placed the event.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` that goes with it.
+    pub tracestate: Option<String>,
+}
+
+impl EventOrigin {
+    /// `origin|event JSON`: what follows `placedMs|` in the list.
+    fn encode(&self, json: &str) -> String {
+        let accepted = self.accepted_at_ms.map(|ms| ms.to_string());
+        let traceparent = self.traceparent.as_deref().map(escape);
+        let tracestate = self.tracestate.as_deref().map(escape);
+        format!(
+            "{}|{}|{}|{json}",
+            accepted.unwrap_or_default(),
+            traceparent.unwrap_or_default(),
+            tracestate.unwrap_or_default(),
+        )
+    }
+
+    /// Splits what follows `placedMs|` into the origin and the event JSON.
+    fn decode(rest: &str) -> Option<(Self, &str)> {
+        if rest.starts_with('{') {
+            return Some((Self::default(), rest));
+        }
+        let mut fields = rest.splitn(4, '|');
+        let (accepted, traceparent, tracestate, json) = (
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+        );
+        let text = |f: &str| (!f.is_empty()).then(|| unescape(f));
+        let origin = Self {
+            accepted_at_ms: if accepted.is_empty() {
+                None
+            } else {
+                Some(accepted.parse().ok()?)
+            },
+            traceparent: text(traceparent),
+            tracestate: text(tracestate),
+        };
+        Some((origin, json))
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('|', "%7C")
+        .replace('\n', "%0A")
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("%0A", "\n")
+        .replace("%7C", "|")
+        .replace("%25", "%")
+}
+
 /// A batch cut from a webhook's waiting events, to be handed on as a delivery job.
 #[derive(Debug, Clone)]
 pub struct CutBatch {
@@ -181,6 +250,8 @@ pub struct CutBatch {
     pub cut_at: DateTime<Utc>,
     /// In accumulation order.
     pub events: Vec<EnvelopeEvent>,
+    /// Where each event came from, in the order of `events`.
+    pub origins: Vec<EventOrigin>,
 }
 
 impl CutBatch {
@@ -240,13 +311,15 @@ fn parse_batch(
     (member, tenant, generation, cut, events): RawBatch,
 ) -> Result<CutBatch, StoreError> {
     let (webhook, seq) = member.rsplit_once(':').ok_or_else(|| corrupt("member"))?;
-    let events = events
+    let (events, origins) = events
         .split('\n')
         .map(|item| {
-            let (_, json) = item.split_once('|').ok_or_else(|| corrupt("item"))?;
-            serde_json::from_str(json).map_err(|_| corrupt("event"))
+            let (_, rest) = item.split_once('|').ok_or_else(|| corrupt("item"))?;
+            let (origin, json) = EventOrigin::decode(rest).ok_or_else(|| corrupt("item"))?;
+            let event = serde_json::from_str(json).map_err(|_| corrupt("event"))?;
+            Ok((event, origin))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<(Vec<_>, Vec<_>), StoreError>>()?;
     Ok(CutBatch {
         webhook: WebhookId::parse(webhook).map_err(|_| corrupt("webhook"))?,
         seq: seq.parse().map_err(|_| corrupt("seq"))?,
@@ -258,6 +331,7 @@ fn parse_batch(
             .and_then(DateTime::from_timestamp_millis)
             .ok_or_else(|| corrupt("time"))?,
         events,
+        origins,
     })
 }
 
@@ -268,7 +342,6 @@ fn parse_batches(raw: Vec<RawBatch>) -> Result<Vec<CutBatch>, StoreError> {
 impl Store {
     /// Places `event` in the webhook's waiting list (batches of `n`), cutting a batch
     /// when `n` wait. Refuses an event placed before for this webhook.
-    #[allow(clippy::too_many_arguments)]
     pub async fn append_to_batch(
         &self,
         webhook: &WebhookId,
@@ -278,13 +351,38 @@ impl Store {
         event: &EnvelopeEvent,
         timing: BatchTiming,
     ) -> Result<Append, StoreError> {
+        self.append_with_origin(
+            webhook,
+            tenant,
+            generation,
+            n,
+            event,
+            &EventOrigin::default(),
+            timing,
+        )
+        .await
+    }
+
+    /// [`Store::append_to_batch`], keeping where the event came from beside it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_with_origin(
+        &self,
+        webhook: &WebhookId,
+        tenant: &TenantId,
+        generation: u64,
+        n: u8,
+        event: &EnvelopeEvent,
+        origin: &EventOrigin,
+        timing: BatchTiming,
+    ) -> Result<Append, StoreError> {
         let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let item = origin.encode(&json);
         let mut conn = self.conn().await?;
         let reply: redis::Value = APPEND
             .arg(self.keys.base())
             .arg(webhook.as_str())
             .arg(event.event_id.as_str())
-            .arg(json)
+            .arg(item)
             .arg(n.max(1))
             .arg(millis(timing.flush_timeout))
             .arg(millis(timing.lease))
@@ -387,5 +485,36 @@ impl Store {
             .iter()
             .filter_map(|i| WebhookId::parse(i).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_survives_the_list_and_old_items_are_still_read() {
+        let origin = EventOrigin {
+            accepted_at_ms: Some(1_776_939_300_123),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: Some("a=1|2,b=50%".into()),
+        };
+        let item = origin.encode(r#"{"eventId":"e|1"}"#);
+        assert!(!item.contains('\n'));
+        let (back, json) = EventOrigin::decode(&item).unwrap();
+        assert_eq!(back, origin);
+        assert_eq!(json, r#"{"eventId":"e|1"}"#);
+
+        let none = EventOrigin::default().encode("{}");
+        assert_eq!(none, "|||{}");
+        assert_eq!(
+            EventOrigin::decode(&none),
+            Some((EventOrigin::default(), "{}"))
+        );
+        assert_eq!(
+            EventOrigin::decode(r#"{"eventId":"old"}"#),
+            Some((EventOrigin::default(), r#"{"eventId":"old"}"#))
+        );
+        assert_eq!(EventOrigin::decode("x|y|{}"), None);
     }
 }

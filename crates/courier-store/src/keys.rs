@@ -80,6 +80,11 @@ impl Keys {
         format!("{}webhook:{id}", self.base)
     }
 
+    /// A tenant's ingest token bucket (hash: tokens, time of the last update).
+    pub fn rate_bucket(&self, t: &TenantId) -> String {
+        format!("{}ratelimit:{t}", self.base)
+    }
+
     /// Claim of one attempt: `running:{holder}` while a worker POSTs, then `done`.
     pub fn claim(&self, batch: &BatchId, series: u32, attempt: u32) -> String {
         format!("{}claim:{batch}:{series}:{attempt}", self.base)

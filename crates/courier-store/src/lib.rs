@@ -7,6 +7,9 @@
 //! - [`repo`]: tenants, API keys and webhooks.
 //! - [`log`]: attempt claims and the delivery log record (design §6).
 //! - [`history`]: the delivery log in pages: listings, dead letters, export, imports.
+//! - [`sealed`]: webhook records with their signing secrets encrypted at rest, and
+//!   their re-encryption under the newest key.
+//! - [`ratelimit`]: the per-tenant ingest token bucket shared by gateway replicas.
 //!
 //! [`Store`] is the one handle both services use: a pool plus the key names.
 
@@ -14,15 +17,19 @@ pub mod batch;
 pub mod history;
 pub mod keys;
 pub mod log;
+pub mod ratelimit;
 pub mod repo;
 mod scripts;
+pub mod sealed;
 
 use deadpool_redis::{Config, Pool, Runtime};
 
 pub use history::{BatchAttempts, DeadLetterEntry, DeliverySummary, IndexCursor, Page, Span};
 pub use keys::Keys;
 pub use log::{Claim, ClaimRequest, DeliveryRecord};
+pub use ratelimit::{Bucket, Take};
 pub use repo::{AuditRecord, CreateWebhook, Versioned};
+pub use sealed::ReencryptReport;
 
 /// Errors at the Redis boundary.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +72,14 @@ pub struct Store {
     pool: Pool,
     keys: Keys,
     url: String,
+    /// Seals and opens webhook signing secrets.
+    keyring: sealed::SharedKeyring,
 }
 
 impl Store {
-    /// Builds the pool; connections are made on first use.
+    /// Builds the pool; connections are made on first use. Secrets are sealed with
+    /// the dev profile's fixed key until [`Store::with_keyring`] gives the
+    /// deployment's keyring (both services always do).
     pub fn new(url: &str, prefix: &str, max_connections: usize) -> Result<Self, StoreError> {
         let mut config = Config::from_url(url);
         config.pool = Some(deadpool_redis::PoolConfig::new(max_connections));
@@ -79,7 +90,14 @@ impl Store {
             pool,
             keys: Keys::new(prefix),
             url: url.to_owned(),
+            keyring: std::sync::Arc::new(courier_core::keyring::Keyring::dev()),
         })
+    }
+
+    /// The same store sealing webhook secrets with `keyring` (newest key first).
+    pub fn with_keyring(mut self, keyring: courier_core::keyring::Keyring) -> Self {
+        self.keyring = std::sync::Arc::new(keyring);
+        self
     }
 
     pub fn keys(&self) -> &Keys {

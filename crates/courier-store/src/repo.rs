@@ -14,6 +14,7 @@ use courier_core::webhook::Webhook;
 use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
 
+use crate::sealed::{open_webhook, seal_webhook};
 use crate::{scripts, Store, StoreError};
 
 /// Entries an audit stream keeps (approximately; the oldest go first).
@@ -335,7 +336,7 @@ impl Store {
             .key(self.keys.audit(&webhook.tenant_id))
             .key(self.keys.audit_all())
             .arg(webhook.id.as_str())
-            .arg(encode(webhook))
+            .arg(seal_webhook(&self.keyring, webhook))
             .arg(limit)
             .arg(self.keys.config_channel())
             .arg(webhook.tenant_id.as_str())
@@ -359,7 +360,7 @@ impl Store {
         let json: Option<String> = conn.get(self.keys.webhook(id)).await?;
         json.map(|raw| {
             Ok(Versioned {
-                webhook: decode("webhook", &raw)?,
+                webhook: open_webhook(&self.keyring, &raw)?,
                 raw,
             })
         })
@@ -382,7 +383,10 @@ impl Store {
             .key(self.keys.audit(&wh.tenant_id))
             .key(self.keys.audit_all())
             .arg(&current.raw)
-            .arg(next.map(encode).unwrap_or_default())
+            .arg(
+                next.map(|w| seal_webhook(&self.keyring, w))
+                    .unwrap_or_default(),
+            )
             .arg(wh.id.as_str())
             .arg(self.keys.config_channel())
             .arg(wh.tenant_id.as_str())
@@ -402,7 +406,7 @@ impl Store {
             .await?;
         let mut webhooks: Vec<Webhook> = jsons
             .iter()
-            .map(|j| decode("webhook", j))
+            .map(|j| open_webhook(&self.keyring, j))
             .collect::<Result<_, _>>()?;
         webhooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(webhooks)

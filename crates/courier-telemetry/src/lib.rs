@@ -2,10 +2,16 @@
 //!
 //! - [`settings`]: the settings of design §9 that gateway and worker share.
 //! - [`logging`]: the tracing subscriber (text or JSON lines).
+//! - [`traces`]: OpenTelemetry spans, one tracer provider per service instance, and
+//!   the W3C trace context in message and HTTP headers.
+//! - [`metrics`]: Prometheus pieces both services use (broker and Redis figures).
 //! - [`shutdown`]: SIGTERM and SIGINT as a cancellation token.
 
 pub mod logging;
+pub mod metrics;
 pub mod settings;
 pub mod shutdown;
+pub mod traces;
 
 pub use settings::{LogFormat, Profile, SharedSettings};
+pub use traces::{TraceHeaders, TraceSettings, Traces, TracesOverride};

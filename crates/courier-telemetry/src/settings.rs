@@ -72,6 +72,24 @@ pub struct SharedSettings {
     /// Most Redis connections one process opens.
     #[arg(long, env = "COURIER_REDIS_POOL_SIZE", default_value_t = 32)]
     pub redis_pool_size: usize,
+
+    /// Address ranges deliveries may go to although they are not globally routable
+    /// (e.g. `10.20.0.0/16,fd00:1::/64`): every other loopback, private, link-local,
+    /// CGNAT, unique-local, multicast, documentation or reserved address is refused
+    /// (SSRF protection). Empty by default; the dev profile also allows loopback.
+    #[arg(long, env = "COURIER_ALLOWED_TARGET_CIDRS", default_value = "", value_parser = parse_target_cidrs)]
+    pub allowed_target_cidrs: TargetCidrs,
+
+    /// Keys that encrypt webhook signing secrets at rest, newest first:
+    /// `id:base64-of-32-bytes,older-id:...`. The newest encrypts; any listed key
+    /// decrypts what names it. Required in production; the dev profile falls back to
+    /// a fixed, public dev key.
+    #[arg(long, env = "COURIER_SECRET_KEYS", hide_env_values = true, value_parser = parse_keyring)]
+    pub secret_keys: Option<courier_core::keyring::Keyring>,
+
+    /// Where spans go: the standard `OTEL_*` variables.
+    #[command(flatten)]
+    pub traces: crate::traces::TraceSettings,
 }
 
 impl fmt::Debug for SharedSettings {
@@ -83,6 +101,9 @@ impl fmt::Debug for SharedSettings {
             .field("log_format", &self.log_format)
             .field("catalog_path", &self.catalog_path)
             .field("redis_pool_size", &self.redis_pool_size)
+            .field("allowed_target_cidrs", &self.allowed_target_cidrs.0)
+            .field("secret_keys", &self.secret_keys)
+            .field("traces", &self.traces)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +121,9 @@ impl SharedSettings {
             retry_schedule: courier_core::retry::RetryDefaults::default().schedule,
             max_attempts_limit: 5,
             redis_pool_size: 16,
+            allowed_target_cidrs: TargetCidrs::default(),
+            secret_keys: None,
+            traces: crate::traces::TraceSettings::default(),
         }
     }
 
@@ -121,6 +145,55 @@ impl SharedSettings {
             .with_context(|| format!("reading catalog {}", path.display()))?;
         courier_core::catalog::Catalog::from_json(&json)
             .with_context(|| format!("loading catalog {}", path.display()))
+    }
+}
+
+/// The ranges of `COURIER_ALLOWED_TARGET_CIDRS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetCidrs(pub Vec<ipnet::IpNet>);
+
+fn parse_target_cidrs(s: &str) -> Result<TargetCidrs, String> {
+    courier_core::target::parse_cidrs(s).map(TargetCidrs)
+}
+
+fn parse_keyring(s: &str) -> Result<courier_core::keyring::Keyring, String> {
+    courier_core::keyring::Keyring::parse(s).map_err(|e| e.to_string())
+}
+
+impl SharedSettings {
+    /// The addresses deliveries may go to: global ones, the allowed ranges, and
+    /// loopback in the dev profile.
+    pub fn target_policy(&self) -> courier_core::target::TargetPolicy {
+        courier_core::target::TargetPolicy {
+            allow_loopback: self.profile == Profile::Dev,
+            allowed: self.allowed_target_cidrs.0.clone(),
+        }
+    }
+
+    /// What webhook URLs may be: https only outside the dev profile, IP literals
+    /// within the target policy.
+    pub fn url_policy(&self) -> courier_core::webhook::UrlPolicy {
+        courier_core::webhook::UrlPolicy {
+            allow_http: self.profile == Profile::Dev,
+            targets: self.target_policy(),
+        }
+    }
+
+    /// The keyring of secrets at rest: `COURIER_SECRET_KEYS`, or in the dev profile
+    /// the fixed dev key; production refuses to start without keys.
+    pub fn keyring(&self) -> anyhow::Result<courier_core::keyring::Keyring> {
+        match (&self.secret_keys, self.profile) {
+            (Some(keys), _) => Ok(keys.clone()),
+            (None, Profile::Dev) => {
+                tracing::warn!(
+                    "COURIER_SECRET_KEYS is not set: webhook secrets are encrypted with the public dev key (dev profile only)"
+                );
+                Ok(courier_core::keyring::Keyring::dev())
+            }
+            (None, Profile::Production) => anyhow::bail!(
+                "COURIER_SECRET_KEYS is required outside the dev profile: id:base64-of-32-bytes (e.g. k1:$(openssl rand -base64 32))"
+            ),
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use courier_store::batch::CutBatch;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::carry::Carried;
 use crate::fanout::publish_jobs;
 use crate::Pipeline;
 
@@ -18,13 +19,17 @@ use crate::Pipeline;
 const BATCHES_PER_ROUND: usize = 64;
 
 /// Publishes the batches' delivery jobs (confirmed), then forgets them as pending.
+/// Each job carries its first event's trace context and links to every event's.
 /// A batch whose job was not confirmed stays pending and is taken over when its
 /// lease ends. Returns whether every job was confirmed.
 pub async fn hand_on(p: &Pipeline, batches: &[CutBatch]) -> bool {
     if batches.is_empty() {
         return true;
     }
-    let jobs: Vec<_> = batches.iter().map(CutBatch::job).collect();
+    let jobs: Vec<_> = batches
+        .iter()
+        .map(|b| (b.job(), Carried::of_batch(b)))
+        .collect();
     if !publish_jobs(p, &jobs).await {
         return false;
     }
@@ -33,6 +38,7 @@ pub async fn hand_on(p: &Pipeline, batches: &[CutBatch]) -> bool {
         // The job is out; if this fails the lease ends and a duplicate job (same
         // batch id, so the same webhook-id and no second POST) is published.
         if let Err(e) = p.store.batch_handed_on(batch).await {
+            p.metrics.flow.deps.redis_error();
             tracing::warn!(error = %e, batch_id = %batch.batch_id(), "could not clear a handed-on batch");
         }
     }
@@ -53,6 +59,7 @@ pub async fn flush(p: Arc<Pipeline>, stop: CancellationToken) {
             let due = match p.store.flush_due(BATCHES_PER_ROUND, p.batch_timing).await {
                 Ok(due) => due,
                 Err(e) => {
+                    p.metrics.flow.deps.redis_error();
                     tracing::warn!(error = %e, "could not flush due batches");
                     break;
                 }
@@ -76,7 +83,10 @@ pub async fn flush(p: Arc<Pipeline>, stop: CancellationToken) {
                 hand_on(&p, &abandoned).await;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not reap abandoned batches"),
+            Err(e) => {
+                p.metrics.flow.deps.redis_error();
+                tracing::warn!(error = %e, "could not reap abandoned batches")
+            }
         }
     }
 }
@@ -97,6 +107,7 @@ pub async fn follow_changes(
             },
         };
         if let Err(e) = recut_tenant(&p, &tenant).await {
+            p.metrics.flow.deps.redis_error();
             tracing::warn!(error = %e, %tenant, "could not re-cut batches after a configuration change");
         }
     }

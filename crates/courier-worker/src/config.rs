@@ -33,6 +33,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "COURIER_DELIVERY_CONCURRENCY", default_value_t = 256)]
     pub delivery_concurrency: usize,
 
+    /// Most deliveries in flight to one webhook in this process, so that one
+    /// stalling endpoint cannot take every slot; the rest of its jobs wait a little.
+    #[arg(long, env = "COURIER_WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub webhook_concurrency: usize,
+
     /// How long delivery log records are kept.
     #[arg(long, env = "COURIER_LOG_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub log_retention: Duration,
@@ -58,6 +63,39 @@ pub struct WorkerConfig {
     /// and publishing its delivery job) before another replica takes it over.
     #[arg(long, env = "COURIER_BATCH_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub batch_lease: Duration,
+
+    /// Whether deliveries carry the `traceparent` of their attempt's span, so that
+    /// receivers can continue the trace. On by default; `false` keeps the trace
+    /// context inside the deployment.
+    #[arg(
+        long,
+        env = "COURIER_PROPAGATE_TRACEPARENT",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub propagate_traceparent: bool,
+
+    /// Tests: span processors of this instance's tracer provider in place of the
+    /// OTLP exporter.
+    #[arg(skip)]
+    pub traces_override: Option<courier_telemetry::TracesOverride>,
+
+    /// HTTP(S) proxy every delivery goes through (e.g. `http://egress:3128`), so
+    /// that egress leaves from known addresses. Unset: deliveries connect directly
+    /// and the environment's proxy variables are ignored. The target policy still
+    /// applies to the webhook's host (see the README's security section).
+    #[arg(long, env = "COURIER_EGRESS_PROXY", hide_env_values = true, value_parser = crate::guard::ProxyUrl::parse)]
+    pub egress_proxy: Option<crate::guard::ProxyUrl>,
+
+    /// Tests: whether loopback targets are allowed, in place of the profile's
+    /// choice (allowed in dev only).
+    #[arg(skip)]
+    pub allow_loopback: Option<bool>,
+
+    /// Tests: the resolver of webhook host names, in place of the system's.
+    #[arg(skip)]
+    pub resolver: Option<crate::guard::Resolver>,
 }
 
 impl WorkerConfig {
@@ -68,11 +106,17 @@ impl WorkerConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             prefetch: 64,
             delivery_concurrency: 64,
+            webhook_concurrency: 16,
             log_retention: Duration::from_secs(7 * 24 * 3600),
             delay_ladder: DelayLadder::default(),
             shutdown_grace: Duration::from_secs(35),
             flush_timeout: Duration::from_secs(300),
             batch_lease: Duration::from_secs(30),
+            propagate_traceparent: true,
+            traces_override: None,
+            egress_proxy: None,
+            allow_loopback: None,
+            resolver: None,
         }
     }
 }

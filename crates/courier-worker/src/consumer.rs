@@ -1,5 +1,6 @@
-//! The consume loop shared by every stage: bounded concurrency, manual acks, and an
-//! orderly stop on cancellation.
+//! The consume loop shared by every stage: bounded concurrency, manual acks,
+//! resumption after the broker connection comes back, pauses instead of requeue
+//! spinning while a dependency is down, and an orderly stop on cancellation.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,10 +8,11 @@ use std::time::Duration;
 
 use courier_broker::lapin::message::Delivery;
 use courier_broker::lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
 };
 use courier_broker::lapin::types::FieldTable;
-use courier_broker::lapin::{Channel, Connection};
+use courier_broker::lapin::Channel;
+use courier_broker::Broker;
 use futures::StreamExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,105 +23,187 @@ use tokio_util::task::TaskTracker;
 pub enum Settle {
     /// Its effect is durable (or it was parked in `courier.dead`): remove it.
     Ack,
-    /// A dependency failed: hand it back to the broker for another try.
-    Requeue,
+    /// A dependency (Redis, the broker) failed: handle it again after a pause. The
+    /// message stays unacked meanwhile, so an outage pauses consumption instead of
+    /// spinning messages through redeliveries (each would count toward the delivery
+    /// limit and end in `courier.dead`).
+    Retry,
 }
 
-/// Pause before a message whose handling failed is handed back, so that an outage
-/// does not spin messages through redeliveries (each counts toward the delivery limit).
-const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
+/// First and longest pause before handling a message again.
+const RETRY_START: Duration = Duration::from_millis(200);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
-/// Consumes `queue` until `shutdown` fires or the channel fails. Each message runs
-/// `handler` in its own task, at most `concurrency` at once; the broker hands out at
-/// most `prefetch`. On shutdown the consumer is cancelled and in-flight handlers get
-/// `grace` to finish; whatever is left stays unacked and is redelivered.
+/// How one stage consumes.
+#[derive(Debug, Clone)]
+pub struct ConsumeSettings {
+    pub queue: String,
+    /// Unacked messages the broker hands this consumer at once.
+    pub prefetch: u16,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// After `stop`, how long in-flight handlers may finish before they are abandoned.
+    pub grace: Duration,
+}
+
+/// Consumes until `stop`, through any number of broker reconnections. Each message
+/// runs `handler` in its own task (at most `concurrency` at once). On `stop` the
+/// consumer is cancelled and in-flight handlers get the grace period to finish;
+/// whatever is left stays unacked and is redelivered.
 pub async fn consume<H, F>(
-    conn: &Connection,
-    queue: &str,
-    prefetch: u16,
-    concurrency: usize,
-    grace: Duration,
-    shutdown: CancellationToken,
+    broker: &Broker,
+    settings: ConsumeSettings,
+    stop: CancellationToken,
     handler: H,
 ) -> anyhow::Result<()>
 where
-    H: Fn(Delivery) -> F + Send + Sync + 'static,
+    H: Fn(Arc<Delivery>) -> F + Send + Sync + 'static,
     F: Future<Output = Settle> + Send + 'static,
 {
-    let channel: Channel = conn.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let tag = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
-    let mut consumer = channel
-        .basic_consume(
-            queue,
-            &tag,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tracker = TaskTracker::new();
     // Fired when the grace period ends: handlers still running are abandoned, their
     // messages left unacked for the broker to redeliver.
     let abandon = CancellationToken::new();
     let handler = Arc::new(handler);
-    let result = loop {
-        let next = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break Ok(()),
-            next = consumer.next() => next,
+    while let Some(conn) = broker.connection(&stop).await {
+        let session = Session {
+            settings: &settings,
+            slots: &slots,
+            tracker: &tracker,
+            abandon: &abandon,
+            stop: &stop,
         };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(anyhow::Error::from(e).context(format!("consuming {queue}"))),
-            None => {
-                break Err(anyhow::anyhow!(
-                    "the consumer of {queue} was closed by the broker"
-                ))
-            }
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break Ok(());
-        };
-        let handler = handler.clone();
-        let abandon = abandon.clone();
-        tracker.spawn(async move {
-            let acker = delivery.acker.clone();
-            let outcome = tokio::select! {
-                outcome = handler(delivery) => outcome,
-                () = abandon.cancelled() => return,
-            };
-            let settled = match outcome {
-                Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-                Settle::Requeue => {
-                    tokio::time::sleep(REQUEUE_BACKOFF).await;
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    };
-                    acker.nack(requeue).await
+        match session.run(&conn, handler.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, queue = settings.queue, "consumer lost; resuming once the broker is back");
+                broker.report_lost();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(RETRY_START) => {}
                 }
-            };
-            if let Err(e) = settled {
-                tracing::warn!(error = %e, "could not settle a message; the broker will redeliver it");
             }
-            drop(permit);
-        });
-    };
-    let _ = channel
-        .basic_cancel(&tag, BasicCancelOptions::default())
-        .await;
+        }
+    }
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(settings.grace, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
-            queue,
+            queue = settings.queue,
             "in-flight work did not finish within the grace period; abandoning it"
         );
         abandon.cancel();
         tracker.wait().await;
     }
-    let _ = channel.close(200, "stopping").await;
-    result
+    Ok(())
+}
+
+struct Session<'a> {
+    settings: &'a ConsumeSettings,
+    slots: &'a Arc<Semaphore>,
+    tracker: &'a TaskTracker,
+    abandon: &'a CancellationToken,
+    stop: &'a CancellationToken,
+}
+
+impl Session<'_> {
+    /// One consumer on one connection: `Ok` when stopped, `Err` when the channel or
+    /// the connection failed.
+    async fn run<H, F>(
+        &self,
+        conn: &courier_broker::lapin::Connection,
+        handler: Arc<H>,
+    ) -> anyhow::Result<()>
+    where
+        H: Fn(Arc<Delivery>) -> F + Send + Sync + 'static,
+        F: Future<Output = Settle> + Send + 'static,
+    {
+        let queue = &self.settings.queue;
+        let channel: Channel = conn.create_channel().await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
+        let mut consumer = channel
+            .basic_consume(
+                queue,
+                &tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let result = loop {
+            let next = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(d)) => Arc::new(d),
+                Some(Err(e)) => {
+                    break Err(anyhow::Error::from(e).context(format!("consuming {queue}")))
+                }
+                None => {
+                    break Err(anyhow::anyhow!(
+                        "the consumer of {queue} was closed by the broker"
+                    ))
+                }
+            };
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                break Ok(());
+            };
+            let (handler, abandon, channel) =
+                (handler.clone(), self.abandon.clone(), channel.clone());
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    () = handle(&channel, delivery, handler.as_ref()) => {}
+                    () = abandon.cancelled() => {}
+                }
+                drop(permit);
+            });
+        };
+        if result.is_ok() {
+            let _ = channel
+                .basic_cancel(&tag, BasicCancelOptions::default())
+                .await;
+        }
+        // The channel closes once in-flight handlers have settled (their acks need
+        // it); its unacked messages then go back to the queue.
+        let tracker = self.tracker.clone();
+        tokio::spawn(async move {
+            tracker.wait().await;
+            let _ = channel.close(200, "stopping").await;
+        });
+        result
+    }
+}
+
+/// Runs the handler until it acks, pausing with backoff between tries; gives up
+/// (leaving the message to be redelivered) if the channel is gone meanwhile.
+async fn handle<H, F>(channel: &Channel, delivery: Arc<Delivery>, handler: &H)
+where
+    H: Fn(Arc<Delivery>) -> F,
+    F: Future<Output = Settle>,
+{
+    let mut pause = RETRY_START;
+    loop {
+        match handler(delivery.clone()).await {
+            Settle::Ack => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %e, "could not ack a message; the broker will redeliver it");
+                }
+                return;
+            }
+            Settle::Retry => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_CAP);
+                if !channel.status().connected() {
+                    return;
+                }
+            }
+        }
+    }
 }

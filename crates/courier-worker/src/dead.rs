@@ -7,17 +7,25 @@
 //! message) needs nothing here. Either way the copy is acked and the consumer goes
 //! on with the next message; only an unreachable Redis hands it back for later.
 
-use courier_broker::dead::DeadLetter;
+use courier_broker::dead::{DeadLetter, DEAD_REASON_HEADER};
+use courier_broker::headers::text;
 use courier_broker::lapin::message::Delivery;
 use courier_core::envelope::DeliveryJob;
 
 use crate::consumer::Settle;
 use crate::metrics::DeadResult;
+use crate::observe::broker_dead_reason;
 use crate::Pipeline;
 
 /// Handles one message of `courier.dead.log`.
 #[tracing::instrument(skip_all, fields(batch_id, webhook_id))]
-pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
+pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
+    // What the worker parked itself was counted when it parked it.
+    let parked_by_broker = text(&delivery.properties, DEAD_REASON_HEADER).is_none();
+    if parked_by_broker {
+        let dead = DeadLetter::of(&delivery.properties);
+        p.metrics.flow.dead_letter(broker_dead_reason(&dead.reason));
+    }
     let Ok(job) = serde_json::from_slice::<DeliveryJob>(&delivery.data) else {
         p.metrics.dead_letter(DeadResult::ignored);
         return Settle::Ack;
@@ -37,9 +45,10 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
             Settle::Ack
         }
         Err(e) => {
+            p.metrics.flow.deps.redis_error();
             tracing::warn!(error = %e, "delivery log unavailable; requeueing the dead letter");
-            p.metrics.dead_letter(DeadResult::requeued);
-            Settle::Requeue
+            p.metrics.dead_letter(DeadResult::paused);
+            Settle::Retry
         }
     }
 }

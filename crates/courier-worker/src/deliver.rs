@@ -16,15 +16,18 @@ use courier_broker::lapin::message::Delivery;
 use courier_broker::BrokerError;
 use courier_core::delivery::{
     after_attempt, classify, AfterAttempt, AttemptRecord, DeliveryStatus, HttpResult,
-    TransportError,
+    TransportError, Verdict,
 };
 use courier_core::envelope::DeliveryJob;
 use courier_core::retry::RetryPolicy;
 use courier_store::{Claim, ClaimRequest, StoreError};
+use opentelemetry::KeyValue;
 
+use crate::carry::Carried;
 use crate::consumer::Settle;
 use crate::fanout::park;
 use crate::metrics::JobResult;
+use crate::observe::{server_attributes, AttemptOutcome, AttemptSpan, DeadReason};
 use crate::sender::Sent;
 use crate::{schedule, Pipeline};
 
@@ -52,6 +55,8 @@ pub enum Outcome {
     NotYetDue {
         remaining: Duration,
     },
+    /// Its webhook had its most deliveries in flight; it comes back shortly.
+    Deferred,
 }
 
 /// Why a job could not be handled now; it goes back to the broker.
@@ -63,6 +68,10 @@ enum Unavailable {
     Broker(#[from] BrokerError),
 }
 
+/// How long a job waits for a free slot of its webhook before it is sent around the
+/// smallest rung instead.
+const SLOT_WAIT: Duration = Duration::from_millis(50);
+
 /// Extra time a claim lease lasts beyond the webhook's timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
@@ -70,16 +79,20 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// (which would make it a whole smallest rung late).
 const LOCAL_WAIT: Duration = Duration::from_millis(50);
 
-/// Handles one message of `courier.deliveries`.
-#[tracing::instrument(skip_all, fields(batch_id, webhook_id, series, attempt))]
-pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
+/// Handles one message of `courier.deliveries`. An attempt runs in a CLIENT span
+/// that continues the trace the job carries.
+#[tracing::instrument(
+    skip_all,
+    fields(batch_id, webhook_id, series, attempt, trace_id, span_id)
+)]
+pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
     let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
         Ok(job) => job,
         Err(e) => {
-            let settle = park(p, &delivery, &format!("unparseable delivery job: {e}")).await;
+            let settle = park(p, delivery, &format!("unparseable delivery job: {e}")).await;
             p.metrics.delivery(match settle {
                 Settle::Ack => JobResult::parked,
-                Settle::Requeue => JobResult::requeued,
+                Settle::Retry => JobResult::paused,
             });
             return settle;
         }
@@ -90,7 +103,8 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
     span.record("series", job.series);
     span.record("attempt", job.attempt);
     let holder = format!("{}:{}", p.instance, delivery.delivery_tag);
-    match attempt(p, &job, &holder).await {
+    let carried = Carried::of(&delivery.properties);
+    match attempt(p, &job, &holder, &carried).await {
         Ok(outcome) => {
             tracing::debug!(?outcome, "delivery job handled");
             match outcome {
@@ -102,28 +116,43 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
                     p.metrics.delivery(JobResult::duplicate)
                 }
                 // The same job goes on waiting: neither ended nor a new one.
-                Outcome::NotYetDue { .. } => p.metrics.job_deferred(),
+                Outcome::NotYetDue { .. } | Outcome::Deferred => p.metrics.job_deferred(),
             }
             Settle::Ack
         }
         Err(e) => {
+            if matches!(e, Unavailable::Store(_)) {
+                p.metrics.flow.deps.redis_error();
+            }
             tracing::warn!(error = %e, "requeueing the delivery job");
-            p.metrics.delivery(JobResult::requeued);
-            Settle::Requeue
+            p.metrics.delivery(JobResult::paused);
+            Settle::Retry
         }
     }
 }
 
-async fn attempt(p: &Pipeline, job: &DeliveryJob, holder: &str) -> Result<Outcome, Unavailable> {
+async fn attempt(
+    p: &Pipeline,
+    job: &DeliveryJob,
+    holder: &str,
+    carried: &Carried,
+) -> Result<Outcome, Unavailable> {
     let now = Utc::now();
     let remaining = schedule::remaining(job, now);
     if remaining > LOCAL_WAIT {
-        schedule::publish(p, job, now).await?;
+        schedule::publish(p, job, carried, now).await?;
         return Ok(Outcome::NotYetDue { remaining });
     }
     tokio::time::sleep(remaining).await;
 
     let webhook = p.webhooks.webhook(&job.tenant_id, &job.webhook_id).await?;
+    // A webhook with its most deliveries in flight (a stalling endpoint) does not
+    // get more of this worker's slots: the job comes back after the smallest rung.
+    let Some(_slot) = p.inflight.acquire_within(&job.webhook_id, SLOT_WAIT).await else {
+        schedule::defer(p, job, carried).await?;
+        return Ok(Outcome::Deferred);
+    };
+    let span = AttemptSpan::start(p, job, carried);
     let body = Bytes::from(job.envelope().to_body());
     let timeout = webhook.as_ref().map_or(Duration::ZERO, |w| {
         Duration::from_millis(u64::from(w.timeout_ms))
@@ -144,8 +173,14 @@ async fn attempt(p: &Pipeline, job: &DeliveryJob, holder: &str) -> Result<Outcom
             .await?;
         match claim {
             Claim::Claimed => break,
-            Claim::Done => return Ok(Outcome::Duplicate),
-            Claim::Superseded => return Ok(Outcome::Superseded),
+            Claim::Done => {
+                span.finish("duplicate", None);
+                return Ok(Outcome::Duplicate);
+            }
+            Claim::Superseded => {
+                span.finish("superseded", None);
+                return Ok(Outcome::Superseded);
+            }
             Claim::Busy(left) => {
                 tokio::time::sleep(left.clamp(Duration::from_millis(50), Duration::from_secs(1)))
                     .await
@@ -156,13 +191,40 @@ async fn attempt(p: &Pipeline, job: &DeliveryJob, holder: &str) -> Result<Outcom
         p.store
             .finish(job, None, DeliveryStatus::Cancelled, p.log_retention)
             .await?;
+        span.finish("cancelled", None);
         return Ok(Outcome::Cancelled);
     };
 
     let policy = RetryPolicy::effective(&webhook.retry_policy, &p.retry_defaults);
-    let sent = p.sender.post(&webhook, job, body).await;
+    span.set_attributes(server_attributes(webhook.url.as_str()));
+    let trace = p.propagate_traceparent.then(|| p.traces.inject(span.cx()));
+    let sent = {
+        let _busy = p.metrics.flow.in_flight();
+        p.sender.post(&webhook, job, body, trace.as_ref()).await
+    };
     let verdict = classify(&sent.result, policy.retry_client_errors);
-    let what = answer(&sent.result);
+    let permanent = matches!(verdict, Verdict::Permanent { .. });
+    // A refused target says which address and why (the target policy).
+    let what = sent.refusal.clone().unwrap_or_else(|| answer(&sent.result));
+    let error_type = match sent.result {
+        HttpResult::Response { status, .. } => {
+            span.set_attributes([KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            )]);
+            (!(200..300).contains(&status)).then(|| status.to_string())
+        }
+        // The kind's wire name: `timeout`, `connect`, ...
+        HttpResult::Failed(kind) => Some(
+            serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "transport".to_owned()),
+        ),
+    };
+    if let Some(error_type) = &error_type {
+        span.set_attributes([KeyValue::new("error.type", error_type.clone())]);
+    }
     let (outcome, status, words) = match after_attempt(verdict, &policy, job.attempt) {
         AfterAttempt::Delivered => (
             Outcome::Delivered,
@@ -171,10 +233,13 @@ async fn attempt(p: &Pipeline, job: &DeliveryJob, holder: &str) -> Result<Outcom
         ),
         AfterAttempt::Retry { after } => {
             // The next attempt is confirmed by the broker before this one is recorded
-            // and acked: nothing can lose it in between.
+            // and acked: nothing can lose it in between. It continues this attempt's
+            // trace.
             let finished = Utc::now();
             let next = job.next_attempt(schedule::after(finished, after));
-            schedule::publish(p, &next, finished).await?;
+            let onward = carried.continuing(p.traces.inject(span.cx()));
+            let route = schedule::publish(p, &next, &onward, finished).await?;
+            p.metrics.flow.retry_scheduled(route);
             p.metrics.jobs_published(1);
             let words = format!("{what}; retrying in {}", humantime::format_duration(after));
             (Outcome::Retry { after }, DeliveryStatus::Retrying, words)
@@ -188,10 +253,32 @@ async fn attempt(p: &Pipeline, job: &DeliveryJob, holder: &str) -> Result<Outcom
             (Outcome::GiveUp { reason }, DeliveryStatus::Failed, words)
         }
     };
+    let flow = &p.metrics.flow;
+    let latency = sent.latency;
     let record = attempt_record(job, sent, words);
     p.store
         .finish(job, Some(&record), status, p.log_retention)
         .await?;
+    match &outcome {
+        Outcome::Delivered => {
+            flow.attempt(AttemptOutcome::delivered, latency);
+            flow.delivered(carried);
+            span.finish("delivered", None);
+        }
+        Outcome::Retry { .. } => {
+            flow.attempt(AttemptOutcome::retry, latency);
+            span.finish("retry", Some(what));
+        }
+        _ => {
+            flow.attempt(AttemptOutcome::failed, latency);
+            flow.dead_letter(if permanent {
+                DeadReason::non_retryable
+            } else {
+                DeadReason::attempts_exhausted
+            });
+            span.finish("failed", Some(what));
+        }
+    }
     Ok(outcome)
 }
 
@@ -207,6 +294,9 @@ fn answer(result: &HttpResult) -> String {
         }
         HttpResult::Failed(TransportError::Io) => {
             "the connection broke while sending or reading".into()
+        }
+        HttpResult::Failed(TransportError::Refused) => {
+            "the webhook's address is not an allowed target".into()
         }
     }
 }

@@ -10,16 +10,36 @@ use courier_core::event::Event;
 use courier_core::ids::BatchId;
 
 use courier_store::batch::Append;
+use courier_telemetry::metrics::{AmqpOperation, Destination};
+use opentelemetry::trace::{Status, TraceContextExt as _};
+use opentelemetry::{Context, KeyValue};
 
 use crate::batching::hand_on;
+use crate::carry::Carried;
 use crate::consumer::Settle;
 use crate::metrics::EventResult;
+use crate::observe::{self, DeadReason};
 use crate::Pipeline;
 
-/// Handles one message of `courier.events.q`. The event is acked only once every
-/// job it produced is confirmed by the broker.
-#[tracing::instrument(skip_all, fields(tenant, event_id))]
-pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
+/// Handles one message of `courier.events.q` in a CONSUMER span that continues the
+/// publisher's trace. The event is acked only once every job it produced is
+/// confirmed by the broker.
+#[tracing::instrument(skip_all, fields(tenant, event_id, trace_id, span_id))]
+pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
+    let carried = Carried::of(&delivery.properties);
+    let cx = observe::consumer_span(p, delivery, &carried);
+    let settle = fan_out(p, delivery, &cx, &carried).await;
+    let span = cx.span();
+    if settle == Settle::Retry {
+        span.set_status(Status::error("not handed on; handled again after a pause"));
+    }
+    span.end();
+    settle
+}
+
+/// The event's delivery jobs (single events) carry the consumer span's context; its
+/// batches keep it beside the event.
+async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carried) -> Settle {
     let message_id = delivery
         .properties
         .message_id()
@@ -28,10 +48,11 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
     let event = match Event::from_message(&delivery.data, message_id, &p.catalog, Utc::now()) {
         Ok(e) => e,
         Err(e) => {
-            let settle = park(p, &delivery, &e.to_string()).await;
+            cx.span().set_status(Status::error("unparseable event"));
+            let settle = park(p, delivery, &e.to_string()).await;
             p.metrics.event(match settle {
                 Settle::Ack => EventResult::parked,
-                Settle::Requeue => EventResult::requeued,
+                Settle::Retry => EventResult::paused,
             });
             return settle;
         }
@@ -39,12 +60,19 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
     let span = tracing::Span::current();
     span.record("tenant", event.tenant.as_str());
     span.record("event_id", event.id.as_str());
+    cx.span().set_attributes([
+        KeyValue::new("courier.tenant.id", event.tenant.to_string()),
+        KeyValue::new("courier.event.id", event.id.to_string()),
+        KeyValue::new("courier.event.type", event.key.to_string()),
+    ]);
+    let onward = carried.of_event_jobs(p.traces.inject(cx));
     let webhooks = match p.webhooks.tenant(&event.tenant).await {
         Ok(w) => w,
         Err(e) => {
+            p.metrics.flow.deps.redis_error();
             tracing::warn!(error = %e, "could not read webhooks; requeueing the event");
-            p.metrics.event(EventResult::requeued);
-            return Settle::Requeue;
+            p.metrics.event(EventResult::paused);
+            return Settle::Retry;
         }
     };
     let now = Utc::now();
@@ -55,27 +83,31 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
         .filter(|w| w.wants(&event.key, event.properties_updated.as_deref()))
     {
         if !w.throttling.batches() {
-            jobs.push(DeliveryJob {
-                batch_id: BatchId::for_single(&w.id, &event.id),
-                tenant_id: event.tenant.clone(),
-                webhook_id: w.id.clone(),
-                generation: w.generation,
-                series: 1,
-                attempt: 1,
-                created_at: now,
-                due_at: now,
-                events: vec![event.to_envelope_event()],
-            });
+            jobs.push((
+                DeliveryJob {
+                    batch_id: BatchId::for_single(&w.id, &event.id),
+                    tenant_id: event.tenant.clone(),
+                    webhook_id: w.id.clone(),
+                    generation: w.generation,
+                    series: 1,
+                    attempt: 1,
+                    created_at: now,
+                    due_at: now,
+                    events: vec![event.to_envelope_event()],
+                },
+                onward.clone(),
+            ));
             continue;
         }
         let placed = p
             .store
-            .append_to_batch(
+            .append_with_origin(
                 &w.id,
                 &event.tenant,
                 w.generation,
                 w.throttling.get(),
                 &event.to_envelope_event(),
+                &onward.origin(),
                 p.batch_timing,
             )
             .await;
@@ -83,9 +115,10 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
             Ok(Append::Placed { cut: batches }) => cut.extend(batches),
             Ok(Append::Duplicate) => {}
             Err(e) => {
+                p.metrics.flow.deps.redis_error();
                 tracing::warn!(error = %e, "could not place the event in a batch; requeueing it");
-                p.metrics.event(EventResult::requeued);
-                return Settle::Requeue;
+                p.metrics.event(EventResult::paused);
+                return Settle::Retry;
             }
         }
     }
@@ -96,34 +129,44 @@ pub async fn handle(p: &Pipeline, delivery: Delivery) -> Settle {
         p.metrics.event(EventResult::fanned_out);
         Settle::Ack
     } else {
-        p.metrics.event(EventResult::requeued);
-        Settle::Requeue
+        p.metrics.event(EventResult::paused);
+        Settle::Retry
     }
 }
 
-/// Publishes delivery jobs with pipelined confirms; true when all were confirmed.
-pub async fn publish_jobs(p: &Pipeline, jobs: &[DeliveryJob]) -> bool {
+/// Publishes delivery jobs, each with what it carries in its headers, with
+/// pipelined confirms; true when all were confirmed.
+pub async fn publish_jobs(p: &Pipeline, jobs: &[(DeliveryJob, Carried)]) -> bool {
     let exchange = p.topology.deliveries();
+    let deps = &p.metrics.flow.deps;
     let mut pending = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for (job, carried) in jobs {
         let Ok(body) = serde_json::to_vec(job) else {
             return false;
         };
         let batch_id = job.batch_id.to_string();
         let msg = Message::new(&exchange, DELIVERY_ROUTING_KEY, &body).with_message_id(&batch_id);
-        match p.publisher.send(msg).await {
-            Ok(confirm) => pending.push(confirm),
+        let sent_at = std::time::Instant::now();
+        match p.publisher.send(carried.add_to(msg)).await {
+            Ok(confirm) => pending.push((confirm, sent_at)),
             Err(e) => {
+                deps.amqp_error(AmqpOperation::publish);
                 tracing::warn!(error = %e, "could not publish a delivery job");
                 return false;
             }
         }
     }
     let mut confirmed = 0;
-    for confirm in pending {
+    for (confirm, sent_at) in pending {
         match confirm.wait().await {
-            Ok(()) => confirmed += 1,
-            Err(e) => tracing::warn!(error = %e, "a delivery job was not confirmed"),
+            Ok(()) => {
+                deps.confirmed(Destination::deliveries, sent_at.elapsed());
+                confirmed += 1;
+            }
+            Err(e) => {
+                deps.amqp_error(AmqpOperation::confirm);
+                tracing::warn!(error = %e, "a delivery job was not confirmed");
+            }
         }
     }
     p.metrics.jobs_published(confirmed);
@@ -149,11 +192,22 @@ pub async fn park(p: &Pipeline, delivery: &Delivery, reason: &str) -> Settle {
     if let Some(id) = delivery.properties.message_id() {
         msg = msg.with_message_id(id.as_str());
     }
+    // Sent back by an operator, it continues the trace it came with.
+    let msg = Carried::of(&delivery.properties).add_to(msg);
+    let sent_at = std::time::Instant::now();
     match p.publisher.publish(msg).await {
-        Ok(()) => Settle::Ack,
+        Ok(()) => {
+            p.metrics
+                .flow
+                .deps
+                .confirmed(Destination::dead, sent_at.elapsed());
+            p.metrics.flow.dead_letter(DeadReason::unparseable);
+            Settle::Ack
+        }
         Err(e) => {
+            p.metrics.flow.deps.amqp_error(AmqpOperation::publish);
             tracing::warn!(error = %e, "could not park the message; requeueing it");
-            Settle::Requeue
+            Settle::Retry
         }
     }
 }

@@ -8,21 +8,32 @@
 //! - [`dead`]: parked delivery jobs marked `failed` in the log.
 //! - [`batching`]: throttled webhooks' batches: flushing due ones, taking over abandoned
 //!   ones, re-cutting after configuration changes.
+//! - [`inflight`]: the per-webhook cap on deliveries in flight.
 //! - [`sender`]: the outbound HTTP request.
+//! - [`guard`]: where deliveries may connect (the target policy against SSRF) and
+//!   the egress proxy.
 //! - [`webhooks`]: the cache of webhook configuration, invalidated by the gateway's announcements.
 //! - [`admin`]: health and metrics endpoints.
 //! - [`metrics`]: this instance's Prometheus registry.
+//! - [`observe`]: the spans of consumption and delivery attempts, and the figures of
+//!   the delivery flow.
+//! - [`carry`]: what events and jobs carry in AMQP headers (trace context, links,
+//!   acceptance times).
 //!
 //! [`run`] works until a cancellation token fires; the binary and the tests both call it.
 
 pub mod admin;
 pub mod batching;
+pub mod carry;
 pub mod config;
 pub mod consumer;
 pub mod dead;
 pub mod deliver;
 pub mod fanout;
+pub mod guard;
+pub mod inflight;
 pub mod metrics;
+pub mod observe;
 pub mod schedule;
 pub mod sender;
 pub mod webhooks;
@@ -31,7 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use courier_broker::{Publisher, Topology};
+use consumer::ConsumeSettings;
+use courier_broker::{Broker, BrokerSettings, Publisher, Topology};
 use courier_core::catalog::Catalog;
 use courier_core::retry::RetryDefaults;
 use courier_store::Store;
@@ -52,45 +64,57 @@ pub struct Pipeline {
     pub sender: sender::Sender,
     pub log_retention: Duration,
     pub metrics: metrics::Metrics,
+    /// Deliveries in flight per webhook, capped.
+    pub inflight: inflight::InflightLimit,
     /// Production: a Redis that may evict keys makes the worker not ready.
     pub strict_redis: bool,
     /// Flush timeout and lease of throttled webhooks' batches.
     pub batch_timing: courier_store::batch::BatchTiming,
     /// This instance's id, part of every claim it holds.
     pub instance: String,
+    /// This instance's tracer provider, tracer and propagator.
+    pub traces: courier_telemetry::Traces,
+    /// Whether deliveries carry the `traceparent` of their attempt's span.
+    pub propagate_traceparent: bool,
 }
 
-/// Connects, declares the topology, and consumes events and delivery jobs until
-/// `shutdown` fires (then drains in-flight work within the grace period) or a
-/// consumer fails. Health endpoints are served on `admin`.
+/// Consumes events, delivery jobs and parked-message copies until `shutdown` fires
+/// (then drains in-flight work within the grace period), riding out broker and
+/// Redis outages. Health endpoints are served on `admin`.
 pub async fn run(
     config: WorkerConfig,
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shared = &config.shared;
+    let traces = courier_telemetry::Traces::start(
+        &shared.traces,
+        "courier-worker",
+        config.traces_override.as_ref(),
+    )
+    .context("setting up tracing")?;
     let catalog = shared.catalog()?;
-    let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?;
+    let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?
+        .with_keyring(shared.keyring()?);
     courier_telemetry::settings::check_eviction_policy(
         store.eviction_policy().await,
         shared.profile,
     );
-    let topology = Topology::new(shared.prefix.clone());
-    let topology = topology.with_ladder(config.delay_ladder.clone());
-    let conn = courier_broker::connect(&shared.amqp_url, "courier-worker", Duration::from_secs(10))
-        .await
-        .context("connecting to RabbitMQ")?;
-    topology
-        .declare(&conn)
-        .await
-        .context("declaring the topology")?;
-    topology
-        .declare_ladder(&conn)
-        .await
-        .context("declaring the delay queues")?;
-    let publisher = Publisher::new(&conn, Duration::from_secs(10))
-        .await
-        .context("opening the publishing channel")?;
+    let topology = Topology::new(shared.prefix.clone()).with_ladder(config.delay_ladder.clone());
+    // The broker may be down now or later: the worker waits for it, reconnects,
+    // re-declares and resumes consuming by itself.
+    let broker = Broker::start(BrokerSettings {
+        url: shared.amqp_url.clone(),
+        name: "courier-worker".into(),
+        topology: topology.clone(),
+        declare_ladder: true,
+        connect_timeout: Duration::from_secs(10),
+        confirm_timeout: Duration::from_secs(10),
+    });
+    if !broker.wait_connected(Duration::from_secs(10)).await {
+        tracing::warn!("the broker is unreachable; waiting for it");
+    }
+    let publisher = broker.publisher();
     let pipeline = Arc::new(Pipeline {
         webhooks: Arc::new(webhooks::WebhookCache::new(store.clone())),
         store,
@@ -98,15 +122,19 @@ pub async fn run(
         topology: topology.clone(),
         retry_defaults: shared.retry_defaults(),
         catalog,
-        sender: sender::Sender::new().context("building the HTTP client")?,
+        sender: sender::Sender::new(&guard::Egress::from_config(&config))
+            .context("building the HTTP client")?,
         log_retention: config.log_retention,
         metrics: metrics::Metrics::default(),
+        inflight: inflight::InflightLimit::new(config.webhook_concurrency),
         strict_redis: shared.profile == courier_telemetry::Profile::Production,
         batch_timing: courier_store::batch::BatchTiming {
             flush_timeout: config.flush_timeout,
             lease: config.batch_lease,
         },
         instance: uuid::Uuid::new_v4().simple().to_string(),
+        traces: traces.clone(),
+        propagate_traceparent: config.propagate_traceparent,
     });
 
     // A failing stage stops the others, so the process exits and is restarted.
@@ -131,48 +159,42 @@ pub async fn run(
                 .await
         })
     };
+    let stage = |queue: String, concurrency: usize| ConsumeSettings {
+        queue,
+        prefetch: config.prefetch,
+        concurrency,
+        grace: config.shutdown_grace,
+    };
+    let prefetch = usize::from(config.prefetch);
     let fanout = {
         let p = pipeline.clone();
         consumer::consume(
-            &conn,
-            &events_queue,
-            config.prefetch,
-            usize::from(config.prefetch),
-            config.shutdown_grace,
+            &broker,
+            stage(events_queue, prefetch),
             stop.clone(),
             move |d| {
                 let p = p.clone();
-                async move { fanout::handle(&p, d).await }
+                async move { fanout::handle(&p, &d).await }
             },
         )
     };
     let deliveries = {
         let p = pipeline.clone();
-        consumer::consume(
-            &conn,
-            &deliveries_queue,
-            config.prefetch,
-            config.delivery_concurrency,
-            config.shutdown_grace,
-            stop.clone(),
-            move |d| {
-                let p = p.clone();
-                async move { deliver::handle(&p, d).await }
-            },
-        )
+        let settings = stage(deliveries_queue, config.delivery_concurrency);
+        consumer::consume(&broker, settings, stop.clone(), move |d| {
+            let p = p.clone();
+            async move { deliver::handle(&p, &d).await }
+        })
     };
     let dead = {
         let p = pipeline.clone();
         consumer::consume(
-            &conn,
-            &dead_log_queue,
-            config.prefetch,
-            usize::from(config.prefetch),
-            config.shutdown_grace,
+            &broker,
+            stage(dead_log_queue, prefetch),
             stop.clone(),
             move |d| {
                 let p = p.clone();
-                async move { dead::handle(&p, d).await }
+                async move { dead::handle(&p, &d).await }
             },
         )
     };
@@ -191,7 +213,8 @@ pub async fn run(
     let _ = flushing.await;
     let _ = recutting.await;
     pipeline.publisher.close().await;
-    let _ = conn.close(200, "shutting down").await;
+    broker.shutdown().await;
+    traces.shutdown().await;
     tracing::info!("worker stopped");
     a.and(b).and(c)
 }

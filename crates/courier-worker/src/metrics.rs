@@ -15,8 +15,8 @@ pub enum EventResult {
     fanned_out,
     /// It could never be processed and went to the dead-letter queue.
     parked,
-    /// A dependency failed; it went back to the broker.
-    requeued,
+    /// A dependency failed; it is handled again after a pause.
+    paused,
 }
 
 /// What became of a consumed delivery job.
@@ -30,7 +30,8 @@ pub enum JobResult {
     /// Another copy of the job already ran this attempt; nothing was sent.
     duplicate,
     parked,
-    requeued,
+    /// A dependency failed; it is handled again after a pause.
+    paused,
 }
 
 /// What became of a copy of a parked message (`courier.dead.log`).
@@ -41,8 +42,8 @@ pub enum DeadResult {
     recorded,
     /// Nothing to record: not a delivery job, or its series had already ended.
     ignored,
-    /// Redis was unavailable; it went back to the broker.
-    requeued,
+    /// Redis was unavailable; it is handled again after a pause.
+    paused,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +70,8 @@ pub struct Metrics {
     deliveries: Family<JobLabels, Counter>,
     jobs_deferred: Counter,
     dead_letters: Family<DeadLabels, Counter>,
+    /// Attempt durations, latencies, retries, dead letters, dependency errors.
+    pub flow: crate::observe::FlowMetrics,
 }
 
 impl Default for Metrics {
@@ -106,10 +109,11 @@ impl Default for Metrics {
             jobs_deferred.clone(),
         );
         registry.register(
-            "courier_dead_letters",
+            "courier_dead_letter_copies",
             "Copies of parked messages consumed to update the delivery log, by result",
             dead_letters.clone(),
         );
+        let flow = crate::observe::FlowMetrics::register(&mut registry);
         Self {
             registry,
             batch_size,
@@ -118,6 +122,7 @@ impl Default for Metrics {
             deliveries,
             jobs_deferred,
             dead_letters,
+            flow,
         }
     }
 }

@@ -9,7 +9,9 @@ use courier_broker::topology::DELIVERY_ROUTING_KEY;
 use courier_broker::{BrokerError, Message};
 use courier_core::envelope::DeliveryJob;
 use courier_core::retry::DelayLadder;
+use courier_telemetry::metrics::{AmqpOperation, Destination};
 
+use crate::carry::Carried;
 use crate::Pipeline;
 
 /// Where a job goes.
@@ -44,12 +46,13 @@ pub fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Publishes `job` on its route at `now` and waits for the broker's confirm: a delay
-/// queue is addressed through the default exchange by its name (`mandatory`, so a
-/// missing queue is an error, not a lost job).
+/// Publishes `job` on its route at `now`, with what it carries in its headers, and
+/// waits for the broker's confirm: a delay queue is addressed through the default
+/// exchange by its name (`mandatory`, so a missing queue is an error, not a lost job).
 pub async fn publish(
     p: &Pipeline,
     job: &DeliveryJob,
+    carried: &Carried,
     now: DateTime<Utc>,
 ) -> Result<Route, BrokerError> {
     // A job is plain strings, numbers and already-valid raw JSON: it always serializes.
@@ -60,10 +63,60 @@ pub async fn publish(
         Route::Now => (p.topology.deliveries(), DELIVERY_ROUTING_KEY.to_owned()),
         Route::Rung(rung) => (String::new(), p.topology.delay_queue(rung)),
     };
-    p.publisher
-        .publish(Message::new(&exchange, &routing_key, &body).with_message_id(&batch_id))
-        .await?;
+    let msg = Message::new(&exchange, &routing_key, &body).with_message_id(&batch_id);
+    let destination = match route {
+        Route::Now => Destination::deliveries,
+        Route::Rung(_) => Destination::delay,
+    };
+    confirmed(p, destination, p.publisher.publish(carried.add_to(msg))).await?;
     Ok(route)
+}
+
+/// Awaits a confirmed publish, counting its latency or its failure.
+async fn confirmed(
+    p: &Pipeline,
+    destination: Destination,
+    publish: impl std::future::Future<Output = Result<(), BrokerError>>,
+) -> Result<(), BrokerError> {
+    let sent_at = std::time::Instant::now();
+    let deps = &p.metrics.flow.deps;
+    match publish.await {
+        Ok(()) => {
+            deps.confirmed(destination, sent_at.elapsed());
+            Ok(())
+        }
+        Err(e) => {
+            deps.amqp_error(match e {
+                BrokerError::Nacked
+                | BrokerError::Unroutable(_)
+                | BrokerError::ConfirmTimeout(_) => AmqpOperation::confirm,
+                _ => AmqpOperation::publish,
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Sends a due `job` around the smallest rung of the ladder, to be tried again
+/// shortly (its webhook has no free delivery slot now).
+pub async fn defer(p: &Pipeline, job: &DeliveryJob, carried: &Carried) -> Result<(), BrokerError> {
+    let body = serde_json::to_vec(job).unwrap_or_default();
+    let batch_id = job.batch_id.to_string();
+    let rung = p
+        .topology
+        .ladder()
+        .rungs()
+        .first()
+        .copied()
+        .unwrap_or(Duration::from_secs(1));
+    let queue = p.topology.delay_queue(rung);
+    let msg = Message::new("", &queue, &body).with_message_id(&batch_id);
+    confirmed(
+        p,
+        Destination::delay,
+        p.publisher.publish(carried.add_to(msg)),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! The outbound POST: headers of design §3, a timeout, no redirects, no proxies,
-//! and the first bytes of the answer for the log.
+//! The outbound POST: headers of design §3, a timeout, no redirects, the egress
+//! proxy only if one is configured, targets checked by [`crate::guard`], and the
+//! first bytes of the answer for the log.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -11,6 +13,9 @@ use courier_core::delivery::{
 use courier_core::envelope::DeliveryJob;
 use courier_core::signing::{sign_hex, signature_header, SignatureScheme};
 use courier_core::webhook::Webhook;
+use courier_telemetry::TraceHeaders;
+
+use crate::guard::{refusal_of, Blocked, Egress, Guard};
 
 /// `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("Courier/", env!("CARGO_PKG_VERSION"));
@@ -21,30 +26,57 @@ pub struct Sent {
     pub latency: Duration,
     pub result: HttpResult,
     pub body_prefix: Option<String>,
+    /// Why the target policy refused the webhook's address, in words for the log.
+    pub refusal: Option<String>,
 }
 
 /// The HTTP client of deliveries.
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
+    /// Where deliveries may connect (see [`crate::guard`]).
+    guard: Guard,
 }
 
 impl Sender {
-    pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    /// The client of deliveries: through `egress`'s proxy if it has one (and never
+    /// through the environment's proxy variables), connecting only to addresses
+    /// its target policy allows.
+    pub fn new(egress: &Egress) -> Result<Self, reqwest::Error> {
+        let guard = Guard::new(egress);
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
             .user_agent(USER_AGENT)
             .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
-        Ok(Self { client })
+            .connect_timeout(Duration::from_secs(10));
+        let builder = match &egress.proxy {
+            // The proxy resolves targets; `preflight` checks them first.
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.as_str())?),
+            None => builder
+                .no_proxy()
+                .dns_resolver(Arc::new(guard.connect_resolver())),
+        };
+        Ok(Self {
+            client: builder.build()?,
+            guard,
+        })
     }
 
-    /// POSTs `body` (the job's envelope, serialized once) to the webhook, signed.
+    /// POSTs `body` (the job's envelope, serialized once) to the webhook, signed,
+    /// with the W3C trace context of the attempt when `trace` is given.
     #[tracing::instrument(skip_all, fields(batch_id = %job.batch_id, webhook_id = %webhook.id, attempt = job.attempt))]
-    pub async fn post(&self, webhook: &Webhook, job: &DeliveryJob, body: Bytes) -> Sent {
+    pub async fn post(
+        &self,
+        webhook: &Webhook,
+        job: &DeliveryJob,
+        body: Bytes,
+        trace: Option<&TraceHeaders>,
+    ) -> Sent {
         let started_at = Utc::now();
+        let clock = Instant::now();
+        if let Err(blocked) = self.guard.preflight(&webhook.url).await {
+            return blocked_before_sending(blocked, started_at, clock.elapsed());
+        }
         let timestamp = started_at.timestamp();
         let msg_id = job.batch_id.to_string();
         let mut req = self
@@ -79,7 +111,14 @@ impl Sender {
         for (name, value) in &webhook.headers {
             req = req.header(name, value);
         }
+        // `traceparent` is reserved; a webhook's own `tracestate` is left alone.
+        for (name, value) in trace.iter().flat_map(|t| t.pairs()) {
+            if !webhook.headers.keys().any(|h| h.eq_ignore_ascii_case(name)) {
+                req = req.header(name, value);
+            }
+        }
         let clock = Instant::now();
+        let mut refusal = None;
         let (result, body_prefix) = match req.body(body).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -97,14 +136,44 @@ impl Sender {
                     prefix,
                 )
             }
-            Err(e) => (HttpResult::Failed(transport_error(&e)), Some(describe(&e))),
+            Err(e) => match refusal_of(&e) {
+                Some(refused) => {
+                    refusal = Some(refused.words().to_owned());
+                    (HttpResult::Failed(TransportError::Refused), None)
+                }
+                None => (HttpResult::Failed(transport_error(&e)), Some(describe(&e))),
+            },
         };
         Sent {
             started_at,
             latency: clock.elapsed(),
             result,
             body_prefix,
+            refusal,
         }
+    }
+}
+
+/// The attempt of a request the guard stopped before it was sent.
+fn blocked_before_sending(blocked: Blocked, started_at: DateTime<Utc>, latency: Duration) -> Sent {
+    let (result, refusal, body_prefix) = match blocked {
+        Blocked::Refused(refused) => (
+            HttpResult::Failed(TransportError::Refused),
+            Some(refused.words().to_owned()),
+            None,
+        ),
+        Blocked::Unresolved => (
+            HttpResult::Failed(TransportError::Connect),
+            None,
+            Some("the webhook's host name could not be resolved".to_owned()),
+        ),
+    };
+    Sent {
+        started_at,
+        latency,
+        result,
+        body_prefix,
+        refusal,
     }
 }
 
@@ -139,5 +208,6 @@ fn describe(e: &reqwest::Error) -> String {
         TransportError::Timeout => "no complete answer within the webhook's timeout".into(),
         TransportError::Connect => "the connection to the endpoint could not be made".into(),
         TransportError::Io => "the connection broke while sending or reading".into(),
+        TransportError::Refused => "the webhook's address is not an allowed target".into(),
     }
 }

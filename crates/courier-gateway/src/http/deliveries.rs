@@ -104,7 +104,8 @@ pub struct AttemptView {
     started_at: DateTime<Utc>,
     /// The HTTP status, when an answer came.
     status_code: Option<u16>,
-    /// `connect`, `timeout` or `io`, when none came.
+    /// `connect`, `timeout` or `io` when none came; `refused` when the target
+    /// policy refused the webhook's address and nothing was sent.
     error: Option<String>,
     latency_ms: u64,
     /// The first 4 KiB of the answer.
@@ -118,6 +119,7 @@ fn transport_error(e: TransportError) -> &'static str {
         TransportError::Connect => "connect",
         TransportError::Timeout => "timeout",
         TransportError::Io => "io",
+        TransportError::Refused => "refused",
     }
 }
 

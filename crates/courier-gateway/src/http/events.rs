@@ -2,12 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::State;
+use axum::extract::{FromRequest as _, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use courier_core::errors::FieldErrors;
-use courier_core::event::{Event, IngestEvent, MAX_EVENTS_PER_REQUEST};
+use courier_core::event::{json_depth, Event, IngestEvent, MAX_DATA_DEPTH, MAX_EVENTS_PER_REQUEST};
 use courier_core::tenant::Scope;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -19,6 +19,8 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{json_error, LimitedBody, TenantKey};
 use crate::ingest::publish_events;
+use crate::limits::take_ingest_tokens;
+use crate::metrics::RejectReason;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -78,6 +80,18 @@ struct Accepted {
 /// Splits the body into its events: `{"events": [...]}` or one event object. Each item
 /// keeps the field path its problems are reported under.
 fn split_items(bytes: &[u8]) -> Result<Vec<(String, &RawValue)>, ApiError> {
+    // Checked before parsing, in one pass without recursion, so that no parser
+    // recurses deeper than this; each event's `data` is held to MAX_DATA_DEPTH
+    // with its other fields, where the problem is named per event.
+    let deepest = 2 * MAX_DATA_DEPTH;
+    if json_depth(bytes) > deepest {
+        let mut fields = FieldErrors::default();
+        fields.add(
+            "body",
+            format!("nests objects and arrays more than {deepest} levels deep; an event's data may nest {MAX_DATA_DEPTH}"),
+        );
+        return Err(ApiError::unprocessable("the body nests too deep", &fields));
+    }
     let top: HashMap<String, &RawValue> = serde_json::from_slice(bytes).map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
             let mut fields = FieldErrors::default();
@@ -169,7 +183,8 @@ fn validate(
 }
 
 /// Ingest one event or up to 1000. Every event is checked against the catalog; the
-/// answer is 202 only once the broker has confirmed every event. A 503 lists in
+/// answer is 202 only once the broker has confirmed every event. A tenant over its
+/// ingest rate gets 429 with `Retry-After`, and nothing is accepted. A 503 lists in
 /// `details.acceptedEventIds` the events that were accepted; retrying the same
 /// request with the same ids is safe.
 #[utoipa::path(
@@ -182,17 +197,52 @@ fn validate(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "Invalid events, named in details", body = ErrorBody),
+        (status = 429, description = "Over the tenant's ingest rate; nothing was accepted", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the request would fit the rate"))),
         (status = 503, description = "Not every event was accepted", body = ErrorBody),
     )
 )]
 async fn ingest(
     State(state): State<AppState>,
-    key: TenantKey,
-    LimitedBody(bytes): LimitedBody,
+    key: Result<TenantKey, ApiError>,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = key.require(Scope::Publish)?;
-    let events = validate(&state, key, &bytes)?;
-    let report = publish_events(&state.publisher, &state.topology, &events).await;
+    // Every refusal is counted, with the number of events it refused when known.
+    let refused = |e: ApiError, events: usize| {
+        state
+            .metrics
+            .events_rejected(RejectReason::of(e.status()), events);
+        e
+    };
+    let key = key.map_err(|e| refused(e, 1))?;
+    let key = key.require(Scope::Publish).map_err(|e| refused(e, 1))?;
+    // The body is read only once the caller is known.
+    let LimitedBody(bytes) = LimitedBody::from_request(request, &state)
+        .await
+        .map_err(|e| refused(e, 1))?;
+    let events = validate(&state, key, &bytes).map_err(|e| {
+        let counted = split_items(&bytes).map_or(1, |items| items.len());
+        refused(e, counted)
+    })?;
+    // One token per event; a refused request publishes nothing.
+    take_ingest_tokens(&state, &key.tenant_id, events.len())
+        .await
+        .map_err(|e| refused(e, events.len()))?;
+    let report = publish_events(
+        &state.publisher,
+        &state.topology,
+        &events,
+        &state.traces,
+        &state.metrics,
+    )
+    .await;
+    state.metrics.events_accepted(report.accepted.len());
+    if report.failure.is_some() {
+        let refused = events.len().saturating_sub(report.accepted.len());
+        state
+            .metrics
+            .events_rejected(RejectReason::unavailable, refused);
+    }
     match report.failure {
         None => Ok((
             StatusCode::ACCEPTED,

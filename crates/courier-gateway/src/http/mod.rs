@@ -15,11 +15,12 @@ pub mod tenants;
 pub mod webhooks;
 
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
+use crate::observe;
 use crate::state::AppState;
 
 #[derive(utoipa::OpenApi)]
@@ -82,16 +83,77 @@ fn documented() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the API (also kept at `proto-schemas/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().into_openapi()
+    let mut api = documented().into_openapi();
+    common_responses(&mut api);
+    api
 }
 
-/// Every route of the gateway.
+/// Answers every route may give whatever it does: 400 for a malformed body, query
+/// or path, and 431 for request headers over the limits ([`crate::limits`]).
+fn common_responses(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            responses
+                .entry("400".into())
+                .or_insert_with(|| error("Malformed request: body, query or path"));
+            responses
+                .entry("431".into())
+                .or_insert_with(|| error("Too many request headers, or too large"));
+        }
+    }
+}
+
+/// Every route of the gateway, each request traced and timed ([`observe`]).
+/// `/metrics` (Prometheus text) is for scrapers, outside the API document.
 pub fn router(state: AppState) -> Router {
-    let (documented, api) = documented().split_for_parts();
-    let api = Json(api);
+    let (documented, mut api) = documented().split_for_parts();
+    common_responses(&mut api);
+    // Serialized once and shared: the router is cloned for every connection.
+    let doc: std::sync::Arc<str> = serde_json::to_string(&api).unwrap_or_default().into();
     documented
-        .route("/openapi.json", get(move || async move { api.clone() }))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
+        .route("/metrics", get(observe::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn(crate::limits::header_limits))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::request,
+        ))
         .with_state(state)
 }

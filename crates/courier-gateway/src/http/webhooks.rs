@@ -258,7 +258,7 @@ async fn delete(
 }
 
 /// Body of a secret rotation.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RotateSecret {
     /// How long the current secret keeps signing beside the new one, e.g. `24h`
@@ -267,6 +267,16 @@ pub struct RotateSecret {
     previous_secret_ttl: Option<String>,
     /// A client-supplied new secret; generated when absent.
     secret: Option<String>,
+}
+
+/// Leaves the secret out, so a logged body never shows it.
+impl std::fmt::Debug for RotateSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateSecret")
+            .field("previous_secret_ttl", &self.previous_secret_ttl)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The new secret.
@@ -411,6 +421,8 @@ async fn send_test(
         &state.publisher,
         &state.topology,
         std::slice::from_ref(&event),
+        &state.traces,
+        &state.metrics,
     )
     .await;
     if let Some(e) = report.failure {

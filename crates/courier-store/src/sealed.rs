@@ -1,0 +1,285 @@
+//! Webhook records as stored: the signing secrets (current and previous) sealed with
+//! the deployment's [`Keyring`], everything else plain JSON.
+//!
+//! A sealed secret is bound to its webhook id, so it does not open in another
+//! record. Records written before encryption at rest (plaintext `whsec_...`) are
+//! still read, and are sealed by the next write or by `reencrypt-secrets`.
+
+use std::sync::{Arc, LazyLock};
+
+use courier_core::keyring::{is_sealed, sealed_key_id, Keyring};
+use courier_core::webhook::Webhook;
+use redis::Script;
+use serde_json::Value;
+
+use crate::{Store, StoreError};
+
+/// What the seal of a stored secret is bound to.
+fn context(webhook_id: &str) -> Vec<u8> {
+    format!("courier/webhook-secret/{webhook_id}").into_bytes()
+}
+
+/// The secret strings of a webhook record, as mutable JSON values.
+fn secret_slots(record: &mut Value) -> impl Iterator<Item = &mut Value> {
+    let Value::Object(map) = record else {
+        return Vec::new().into_iter();
+    };
+    let mut slots = Vec::new();
+    let mut previous = None;
+    for (key, value) in map.iter_mut() {
+        match key.as_str() {
+            "secret" => slots.push(value),
+            "previousSecrets" => previous = Some(value),
+            _ => {}
+        }
+    }
+    if let Some(Value::Array(list)) = previous {
+        for item in list {
+            if let Some(s) = item.get_mut("secret") {
+                slots.push(s);
+            }
+        }
+    }
+    slots.into_iter()
+}
+
+/// Serializes a webhook with its secrets sealed under the newest key.
+pub(crate) fn seal_webhook(keyring: &Keyring, webhook: &Webhook) -> String {
+    // Plain records of strings, numbers and maps always serialize.
+    let mut record = serde_json::to_value(webhook).unwrap_or_default();
+    let context = context(webhook.id.as_str());
+    for slot in secret_slots(&mut record) {
+        if let Value::String(plain) = slot {
+            *slot = Value::String(keyring.seal(plain.as_bytes(), &context));
+        }
+    }
+    serde_json::to_string(&record).unwrap_or_default()
+}
+
+/// Reads a stored webhook record, opening its sealed secrets.
+pub(crate) fn open_webhook(keyring: &Keyring, raw: &str) -> Result<Webhook, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("webhook: {e}"));
+    let mut record: Value = serde_json::from_str(raw).map_err(|e| corrupt(&e))?;
+    let id = record
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| corrupt(&"the record has no id"))?
+        .to_owned();
+    let context = context(&id);
+    for slot in secret_slots(&mut record) {
+        if let Value::String(stored) = slot {
+            if is_sealed(stored) {
+                let plain = keyring
+                    .open(stored, &context)
+                    .map_err(|e| corrupt(&format!("{id}: its secret: {e}")))?;
+                let plain = String::from_utf8(plain)
+                    .map_err(|_| corrupt(&format!("{id}: its secret is not text")))?;
+                *slot = Value::String(plain);
+            }
+        }
+    }
+    serde_json::from_value(record).map_err(|e| corrupt(&format!("{id}: {e}")))
+}
+
+/// Whether a stored record has a secret that is plaintext or sealed under another
+/// key than the newest.
+pub(crate) fn needs_reseal(keyring: &Keyring, raw: &str) -> bool {
+    let Ok(mut record) = serde_json::from_str::<Value>(raw) else {
+        return false;
+    };
+    let newest = keyring.newest_id();
+    let stale = secret_slots(&mut record).any(|slot| {
+        slot.as_str()
+            .is_some_and(|s| sealed_key_id(s) != Some(newest))
+    });
+    stale
+}
+
+/// The store's keyring, shared by its clones.
+pub(crate) type SharedKeyring = Arc<Keyring>;
+
+/// Compare-and-set of a webhook record's bytes, nothing else: re-encryption changes
+/// no configuration, so it is neither audited nor announced.
+/// KEYS: webhook. ARGV: expected record, new record. Returns 1 if replaced.
+static RESEAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+",
+    )
+});
+
+/// Tries of the compare-and-set of one record before it counts as failed.
+const RESEAL_TRIES: usize = 5;
+
+/// What re-encrypting every webhook record came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReencryptReport {
+    /// Webhook records found.
+    pub scanned: usize,
+    /// Records whose secrets were sealed again under the newest key.
+    pub reencrypted: usize,
+    /// Records already sealed under the newest key only.
+    pub current: usize,
+    /// Records that could not be re-encrypted (a key missing from the keyring, or
+    /// changed by other writers on every try); they are logged by key name.
+    pub failed: usize,
+}
+
+enum Resealed {
+    Done,
+    AlreadyCurrent,
+    Gone,
+}
+
+impl Store {
+    /// Re-encrypts every webhook record under the keyring's newest key (SCAN over
+    /// the webhook keys, then a compare-and-set per record, so concurrent changes by
+    /// the API are never lost). Safe to run while the services serve, and again.
+    pub async fn reencrypt_webhooks(&self) -> Result<ReencryptReport, StoreError> {
+        let mut report = ReencryptReport::default();
+        let pattern = format!("{}*", self.keys.webhook_prefix());
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = {
+                let mut conn = self.conn().await?;
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(200)
+                    .arg("TYPE")
+                    .arg("string")
+                    .query_async(&mut *conn)
+                    .await?
+            };
+            for key in keys {
+                report.scanned += 1;
+                match self.reseal_one(&key).await {
+                    Ok(Resealed::Done) => report.reencrypted += 1,
+                    Ok(Resealed::AlreadyCurrent) => report.current += 1,
+                    Ok(Resealed::Gone) => report.scanned -= 1,
+                    Err(e @ (StoreError::Redis(_) | StoreError::Pool(_))) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "could not re-encrypt a webhook record");
+                        report.failed += 1;
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(report);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn reseal_one(&self, key: &str) -> Result<Resealed, StoreError> {
+        for _ in 0..RESEAL_TRIES {
+            let mut conn = self.conn().await?;
+            let raw: Option<String> = redis::cmd("GET").arg(key).query_async(&mut *conn).await?;
+            let Some(raw) = raw else {
+                return Ok(Resealed::Gone);
+            };
+            if !needs_reseal(&self.keyring, &raw) {
+                return Ok(Resealed::AlreadyCurrent);
+            }
+            let webhook = open_webhook(&self.keyring, &raw)?;
+            let sealed = seal_webhook(&self.keyring, &webhook);
+            let applied: i64 = RESEAL
+                .key(key)
+                .arg(&raw)
+                .arg(&sealed)
+                .invoke_async(&mut *conn)
+                .await?;
+            if applied == 1 {
+                return Ok(Resealed::Done);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "{key} changed on each of {RESEAL_TRIES} tries"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use chrono::Utc;
+    use courier_core::catalog::Catalog;
+    use courier_core::ids::TenantId;
+    use courier_core::retry::RetryDefaults;
+    use courier_core::signing::Secret;
+    use courier_core::webhook::{Rules, UrlPolicy, WebhookInput};
+
+    fn webhook() -> Webhook {
+        let input: WebhookInput = serde_json::from_value(serde_json::json!({
+            "name": "crm", "url": "https://example.com/hook", "events": ["Prospect.*"]
+        }))
+        .unwrap();
+        let catalog = Catalog::builtin();
+        let rules = Rules {
+            catalog: &catalog,
+            urls: &UrlPolicy::production(),
+            retry: &RetryDefaults::default(),
+        };
+        let mut wh = input
+            .into_webhook(&TenantId::parse("acme").unwrap(), rules, Utc::now())
+            .unwrap();
+        wh.rotate_secret(Secret::generate(), chrono::Duration::hours(1), Utc::now());
+        wh
+    }
+
+    #[test]
+    fn stored_records_hold_no_plaintext_secret_and_read_back_whole() {
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
+        let wh = webhook();
+        let raw = seal_webhook(&keyring, &wh);
+        assert!(!raw.contains("whsec_"), "{raw}");
+        assert_eq!(raw.matches("enc:v1:k1:").count(), 2);
+        assert_eq!(open_webhook(&keyring, &raw).unwrap(), wh);
+        assert!(!needs_reseal(&keyring, &raw));
+    }
+
+    #[test]
+    fn plaintext_records_still_read_and_need_a_reseal() {
+        let keyring = Keyring::dev();
+        let wh = webhook();
+        let plain = serde_json::to_string(&wh).unwrap();
+        assert_eq!(open_webhook(&keyring, &plain).unwrap(), wh);
+        assert!(needs_reseal(&keyring, &plain));
+    }
+
+    #[test]
+    fn a_sealed_secret_moved_to_another_record_does_not_open() {
+        let keyring = Keyring::dev();
+        let (a, b) = (webhook(), webhook());
+        let raw_a: Value = serde_json::from_str(&seal_webhook(&keyring, &a)).unwrap();
+        let mut raw_b: Value = serde_json::from_str(&seal_webhook(&keyring, &b)).unwrap();
+        raw_b["secret"] = raw_a["secret"].clone();
+        let err = open_webhook(&keyring, &raw_b.to_string()).unwrap_err();
+        assert!(!err.to_string().contains("whsec_"));
+        assert!(err.to_string().contains("does not open"), "{err}");
+    }
+
+    #[test]
+    fn rotation_of_keys_needs_a_reseal_and_an_unknown_key_is_named() {
+        let old_entry = Keyring::generate_entry("old");
+        let old = Keyring::parse(&old_entry).unwrap();
+        let raw = seal_webhook(&old, &webhook());
+        let rotated =
+            Keyring::parse(&format!("{},{old_entry}", Keyring::generate_entry("new"))).unwrap();
+        assert!(needs_reseal(&rotated, &raw));
+        assert!(open_webhook(&rotated, &raw).is_ok());
+        let only_new = Keyring::parse(&Keyring::generate_entry("new")).unwrap();
+        let err = open_webhook(&only_new, &raw).unwrap_err().to_string();
+        assert!(
+            err.contains("key old, which is not in the keyring"),
+            "{err}"
+        );
+    }
+}
