@@ -11,7 +11,7 @@ export COURIER_BIN_DIR
 help:
 	@echo "Courier make targets:"
 	@echo "  make run       start RabbitMQ and Redis (installing them if absent), build, run gateway + worker (dev profile)"
-	@echo "  make test      start RabbitMQ and Redis, build, run the whole test suite"
+	@echo "  make test      start RabbitMQ and Redis, build, run the whole test suite and Schemathesis"
 	@echo "  make bench     start RabbitMQ and Redis, build release binaries, run the benchmark (BENCH_ARGS=--quick for a smoke run)"
 	@echo "  make services  only make RabbitMQ and Redis reachable (COURIER_AMQP_URL, COURIER_REDIS_URL)"
 	@echo "  make build     cargo build --bins"
@@ -31,10 +31,16 @@ build:
 run: services build
 	bash deploy/run-dev.sh
 
+# The suite, then Schemathesis against the gateway's OpenAPI document (about a
+# minute and a half); both always run, and either failing fails the target.
 test: services
 	$(CARGO) build --bins
 	bash deploy/check-openapi.sh
-	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh
+	@status=0; \
+	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh || status=$$?; \
+	echo "== schemathesis"; \
+	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" bash deploy/schemathesis.sh || { [ $$status -ne 0 ] || status=1; }; \
+	exit $$status
 
 lint:
 	$(CARGO) fmt --all -- --check
