@@ -17,7 +17,7 @@ help:
 	@echo "  make build     cargo build --bins"
 	@echo "  make lint      rustfmt check and clippy with warnings as errors"
 	@echo "  make lint-deploy  hadolint, compose schema, helm lint, Kubernetes schema checks of deploy/"
-	@echo "  make fuzz      run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz)"
+	@echo "  make fuzz      run each fuzz target for FUZZ_SECONDS (installs cargo-fuzz if absent)"
 	@echo "  make schemathesis  property-based API tests against the gateway's OpenAPI document"
 	@echo "  make fmt       format the code"
 	@echo "  make clean     cargo clean"
@@ -69,17 +69,14 @@ bench: services
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the ingest parser, webhook validation, the
 # target policy and sealed secrets; fuzz/ is its own workspace. Runs on the stable
-# toolchain without sanitizers. `cargo install cargo-fuzz` once.
+# toolchain without sanitizers, installing cargo-fuzz into target/tools when it is
+# not on PATH. Prints each target's executions; a crash fails.
 # FUZZ_SECONDS per target; FUZZ_TARGETS to pick some.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= ingest_event webhook_input target_policy sealed_secret
 .PHONY: fuzz
 fuzz:
-	@for t in $(FUZZ_TARGETS); do \
-	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
-	  mkdir -p fuzz/corpus/$$t fuzz/seeds/$$t; \
-	  (cd fuzz && $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -s none -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
-	done
+	CARGO="$(CARGO)" FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_TARGETS="$(FUZZ_TARGETS)" bash deploy/fuzz.sh
 
 # Schemathesis against the running gateway's OpenAPI document (dev profile, a
 # seeded tenant, local RabbitMQ and Redis): no 5xx, no undocumented answer.

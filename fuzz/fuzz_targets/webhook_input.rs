@@ -3,14 +3,19 @@
 //! accepts again, and which survives the JSON round trip of the store.
 #![no_main]
 
+use std::sync::LazyLock;
+
 use courier_core::catalog::Catalog;
 use courier_core::ids::TenantId;
 use courier_core::retry::RetryDefaults;
 use courier_core::webhook::{Rules, UrlPolicy, Webhook, WebhookInput, WebhookPatch, WebhookUrl};
 use libfuzzer_sys::fuzz_target;
 
+/// Built once: parsing the catalog per input would take most of each run.
+static CATALOG: LazyLock<Catalog> = LazyLock::new(Catalog::builtin);
+
 fuzz_target!(|bytes: &[u8]| {
-    let catalog = Catalog::builtin();
+    let catalog: &Catalog = &CATALOG;
     let retry = RetryDefaults::default();
     let tenant = TenantId::parse("acme").unwrap();
     if let Ok(s) = std::str::from_utf8(bytes) {
@@ -26,7 +31,7 @@ fuzz_target!(|bytes: &[u8]| {
     };
     for policy in [UrlPolicy::dev(), UrlPolicy::production()] {
         let rules = Rules {
-            catalog: &catalog,
+            catalog,
             urls: &policy,
             retry: &retry,
         };
