@@ -103,7 +103,16 @@ impl WebhookUrl {
         if url.fragment().is_some() {
             return Err("must not have a fragment".into());
         }
-        Ok(Self(url.to_string()))
+        // Stored normalized, which may be longer (percent-encoding, punycode); the
+        // stored form must pass again, or no later PATCH of the webhook would.
+        let normalized = url.to_string();
+        if normalized.len() > MAX_URL_LEN {
+            return Err(format!(
+                "must be at most {MAX_URL_LEN} characters once normalized (percent-encoded, punycode), not {}",
+                normalized.len()
+            ));
+        }
+        Ok(Self(normalized))
     }
 
     pub fn as_str(&self) -> &str {
@@ -746,6 +755,23 @@ mod tests {
             },
         };
         assert!(create_with(with_url("https://10.0.0.1/x"), &opened).is_ok());
+    }
+
+    #[test]
+    fn a_url_is_measured_as_stored_so_it_passes_again() {
+        // 1420 bytes as given, 4220 once percent-encoded.
+        let long = format!("https://example.com/{}", "é".repeat(700));
+        assert!(long.len() <= MAX_URL_LEN);
+        let err = WebhookUrl::parse(&long, &UrlPolicy::production()).unwrap_err();
+        assert!(err.contains("once normalized"), "{err}");
+        // Under the limit once normalized: accepted, and accepted again as stored.
+        let fits = format!("https://example.com/{}", "é".repeat(300));
+        let url = WebhookUrl::parse(&fits, &UrlPolicy::production()).unwrap();
+        assert!(url.as_str().len() <= MAX_URL_LEN);
+        assert_eq!(
+            WebhookUrl::parse(url.as_str(), &UrlPolicy::production()).unwrap(),
+            url
+        );
     }
 
     #[test]
