@@ -11,13 +11,13 @@ export COURIER_BIN_DIR
 help:
 	@echo "Courier make targets:"
 	@echo "  make run       start RabbitMQ and Redis (installing them if absent), build, run gateway + worker (dev profile)"
-	@echo "  make test      start RabbitMQ and Redis, build, run the whole test suite"
+	@echo "  make test      start RabbitMQ and Redis, build, run the whole test suite and Schemathesis"
 	@echo "  make bench     start RabbitMQ and Redis, build release binaries, run the benchmark (BENCH_ARGS=--quick for a smoke run)"
 	@echo "  make services  only make RabbitMQ and Redis reachable (COURIER_AMQP_URL, COURIER_REDIS_URL)"
 	@echo "  make build     cargo build --bins"
 	@echo "  make lint      rustfmt check and clippy with warnings as errors"
 	@echo "  make lint-deploy  hadolint, compose schema, helm lint, Kubernetes schema checks of deploy/"
-	@echo "  make fuzz      run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz)"
+	@echo "  make fuzz      run each fuzz target for FUZZ_SECONDS (installs cargo-fuzz if absent)"
 	@echo "  make schemathesis  property-based API tests against the gateway's OpenAPI document"
 	@echo "  make fmt       format the code"
 	@echo "  make clean     cargo clean"
@@ -31,10 +31,16 @@ build:
 run: services build
 	bash deploy/run-dev.sh
 
+# The suite, then Schemathesis against the gateway's OpenAPI document (about a
+# minute and a half); both always run, and either failing fails the target.
 test: services
 	$(CARGO) build --bins
 	bash deploy/check-openapi.sh
-	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh
+	@status=0; \
+	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh || status=$$?; \
+	echo "== schemathesis"; \
+	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" bash deploy/schemathesis.sh || { [ $$status -ne 0 ] || status=1; }; \
+	exit $$status
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -63,17 +69,14 @@ bench: services
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the ingest parser, webhook validation, the
 # target policy and sealed secrets; fuzz/ is its own workspace. Runs on the stable
-# toolchain without sanitizers. `cargo install cargo-fuzz` once.
+# toolchain without sanitizers, installing cargo-fuzz into target/tools when it is
+# not on PATH. Prints each target's executions; a crash fails.
 # FUZZ_SECONDS per target; FUZZ_TARGETS to pick some.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= ingest_event webhook_input target_policy sealed_secret
 .PHONY: fuzz
 fuzz:
-	@for t in $(FUZZ_TARGETS); do \
-	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
-	  mkdir -p fuzz/corpus/$$t fuzz/seeds/$$t; \
-	  (cd fuzz && $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -s none -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
-	done
+	CARGO="$(CARGO)" FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_TARGETS="$(FUZZ_TARGETS)" bash deploy/fuzz.sh
 
 # Schemathesis against the running gateway's OpenAPI document (dev profile, a
 # seeded tenant, local RabbitMQ and Redis): no 5xx, no undocumented answer.

@@ -401,7 +401,15 @@ impl Deps {
 }
 
 impl ChildService {
-    fn spawn(binary: &str, addr_var: &str, deps: &Deps, settings: &[(&str, &str)]) -> Self {
+    /// Runs `binary`; its stdout and stderr go to `log` when given, else to the
+    /// test's.
+    fn spawn(
+        binary: &str,
+        addr_var: &str,
+        deps: &Deps,
+        settings: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -425,6 +433,10 @@ impl ChildService {
         for (k, v) in settings {
             cmd.env(k, v);
         }
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).unwrap();
+            cmd.stderr(file.try_clone().unwrap()).stdout(file);
+        }
         Self {
             child: cmd
                 .spawn()
@@ -435,7 +447,22 @@ impl ChildService {
 
     /// Starts `courier-gateway` and waits until it answers `/healthz`.
     pub async fn gateway(deps: &Deps, settings: &[(&str, &str)]) -> Self {
-        let service = Self::spawn("courier-gateway", "COURIER_GATEWAY_ADDR", deps, settings);
+        Self::gateway_logging_to(deps, settings, None).await
+    }
+
+    /// [`ChildService::gateway`] with its output written to `log`.
+    pub async fn gateway_logging_to(
+        deps: &Deps,
+        settings: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        let service = Self::spawn(
+            "courier-gateway",
+            "COURIER_GATEWAY_ADDR",
+            deps,
+            settings,
+            log,
+        );
         service.wait_ready("/readyz").await;
         service
     }
@@ -443,11 +470,21 @@ impl ChildService {
     /// Starts `courier-worker` (without waiting: it may be started while the broker
     /// is down, and a worker killed repeatedly need not come up in between).
     pub fn worker(deps: &Deps, settings: &[(&str, &str)]) -> Self {
+        Self::worker_logging_to(deps, settings, None)
+    }
+
+    /// [`ChildService::worker`] with its output written to `log`.
+    pub fn worker_logging_to(
+        deps: &Deps,
+        settings: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         Self::spawn(
             "courier-worker",
             "COURIER_WORKER_ADMIN_ADDR",
             deps,
             settings,
+            log,
         )
     }
 

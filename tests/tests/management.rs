@@ -142,6 +142,12 @@ async fn webhooks_are_created_listed_updated_and_deleted_within_their_tenant() {
     let (status, body) = api.get(&format!("/v1/webhooks/{id}"), &acme.key).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("secret").is_none(), "GET never shows the secret");
+    assert_eq!(
+        body["headerNames"],
+        json!(["X-Team"]),
+        "names only, never values"
+    );
+    assert!(body.get("headers").is_none());
     assert_eq!(body["retryPolicy"]["schedule"], json!(["0s", "1m", "5m"]));
     assert_eq!(body["throttling"], 3);
 
@@ -177,7 +183,7 @@ async fn webhooks_are_created_listed_updated_and_deleted_within_their_tenant() {
     assert_eq!(body["name"], "crm v2");
     assert_eq!(body["timeoutMs"], 5000);
     assert_eq!(body["events"], json!(["Prospect.*"]));
-    assert_eq!(body["headers"], json!({"X-Team": "sales"}));
+    assert_eq!(body["headerNames"], json!(["X-Team"]));
     let (status, body) = api
         .patch(
             &format!("/v1/webhooks/{id}"),

@@ -1,6 +1,6 @@
-//! Webhook signing secrets are stored encrypted under the deployment's keyring;
-//! keys rotate without downtime and `courier-gateway reencrypt-secrets` moves every
-//! record to the newest key.
+//! Webhook signing secrets and custom header values are stored encrypted under the
+//! deployment's keyring and never shown; keys rotate without downtime and
+//! `courier-gateway reencrypt-secrets` moves every record to the newest key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -10,7 +10,8 @@ use courier_core::keyring::Keyring;
 use courier_core::signing::{verify, verify_hex, Secret};
 use courier_tests::security::redis_dump;
 use courier_tests::{
-    bin_path, prospect_created, Api, TestEnv, TestReceiver, ADMIN_TOKEN, AMQP_URL, REDIS_URL,
+    bin_path, prospect_created, Api, ChildService, Deps, TestEnv, TestReceiver, ADMIN_TOKEN,
+    AMQP_URL, REDIS_URL,
 };
 use serde_json::{json, Value};
 
@@ -108,6 +109,217 @@ async fn no_signing_secret_is_stored_in_plaintext() {
     env.cleanup().await;
 }
 
+/// A header value no other test uses, to look for.
+fn unique_value(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Sends `event_id` to the tenant and returns what the receiver got for `webhook_id`.
+async fn deliver(
+    env: &TestEnv,
+    api: &Api,
+    tenant: &courier_tests::TenantHandle,
+    receiver: &TestReceiver,
+    webhook_id: &str,
+    event_id: &str,
+) -> courier_tests::Received {
+    let (status, body) = api.send(tenant, &prospect_created(event_id)).await;
+    assert_eq!(status, 202, "{body}");
+    let batch = BatchId::for_single(
+        &WebhookId::parse(webhook_id).unwrap(),
+        &EventId::parse(event_id).unwrap(),
+    );
+    env.wait_status(&batch, "delivered", Duration::from_secs(20))
+        .await;
+    receiver
+        .received()
+        .into_iter()
+        .find(|r| r.header("webhook-id") == Some(batch.to_string().as_str()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn custom_header_values_are_sealed_never_shown_and_still_sent() {
+    let env = TestEnv::new("secrets-headers").await;
+    let keys = keyring(&Keyring::generate_entry("k1"));
+    let mut gw = env.gateway_config();
+    gw.shared.secret_keys = Some(keys.clone());
+    let mut wk = env.worker_config();
+    wk.shared.secret_keys = Some(keys);
+    let gateway = env.start_gateway(gw).await;
+    let worker = env.start_worker(wk).await;
+    let receiver = TestReceiver::start().await;
+    let api = Api::new(&gateway);
+    let tenant = api.tenant("acme").await;
+    let bearer = format!("Bearer {}", unique_value("rk"));
+    let api_key = unique_value("ak");
+    let created = api
+        .webhook(
+            &tenant,
+            json!({"name": "crm", "url": receiver.url("/hook"), "events": ["Prospect.*"],
+                   "headers": {"Authorization": bearer, "X-Api-Key": api_key}}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["headerNames"],
+        json!(["Authorization", "X-Api-Key"])
+    );
+    assert!(created.get("headers").is_none(), "{created}");
+
+    // The worker sends the real values.
+    let got = deliver(&env, &api, &tenant, &receiver, &id, "evt_hdr_1").await;
+    assert_eq!(got.header("authorization"), Some(bearer.as_str()));
+    assert_eq!(got.header("x-api-key"), Some(api_key.as_str()));
+
+    // Changing another field keeps the stored values.
+    let path = format!("/v1/webhooks/{id}");
+    let (status, body) = api
+        .patch(
+            &path,
+            &tenant.key,
+            &json!({"name": "crm v2", "timeoutMs": 5000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headerNames"], json!(["Authorization", "X-Api-Key"]));
+    let got = deliver(&env, &api, &tenant, &receiver, &id, "evt_hdr_2").await;
+    assert_eq!(got.header("authorization"), Some(bearer.as_str()));
+    assert_eq!(got.header("x-api-key"), Some(api_key.as_str()));
+
+    // A headers patch sets and removes by name, and leaves the others alone.
+    let new_key = unique_value("ak2");
+    let (status, body) = api
+        .patch(
+            &path,
+            &tenant.key,
+            &json!({"headers": {"x-api-key": new_key, "Authorization": null, "X-Team": "sales"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headerNames"], json!(["X-Team", "x-api-key"]));
+    let got = deliver(&env, &api, &tenant, &receiver, &id, "evt_hdr_3").await;
+    assert_eq!(got.header("authorization"), None);
+    assert_eq!(got.header("x-api-key"), Some(new_key.as_str()));
+    assert_eq!(got.header("x-team"), Some("sales"));
+
+    // Refusals do not repeat a value either: an invalid one, or one put where the
+    // map goes.
+    let refused = unique_value("refused");
+    for patch in [
+        json!({"headers": {"X-Api-Key": format!("{refused}\n")}}),
+        json!({"headers": format!("Bearer {refused}")}),
+    ] {
+        let (status, body) = api.patch(&path, &tenant.key, &patch).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(!body.to_string().contains(&refused), "{body}");
+    }
+
+    let secrets = [bearer.as_str(), api_key.as_str(), new_key.as_str()];
+    let dump = redis_dump(&env.prefix).await;
+    assert!(dump.contains("enc:v1:k1:"), "the record is sealed: {dump}");
+    for value in secrets {
+        assert!(
+            !dump.contains(value),
+            "a header value is stored in plaintext"
+        );
+    }
+    let batch = BatchId::for_single(
+        &WebhookId::parse(&id).unwrap(),
+        &EventId::parse("evt_hdr_1").unwrap(),
+    );
+    let (_, read) = api.get(&path, &tenant.key).await;
+    let (_, list) = api.get("/v1/webhooks", &tenant.key).await;
+    let (_, audit) = api.get("/v1/audit-log", &tenant.key).await;
+    let (_, operator_audit) = api.get("/v1/audit-log", ADMIN_TOKEN).await;
+    let (_, delivery) = api
+        .get(&format!("/v1/deliveries/{batch}"), &tenant.key)
+        .await;
+    assert_eq!(
+        list["data"][0]["headerNames"],
+        json!(["X-Team", "x-api-key"])
+    );
+    let changes: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        changes[..3],
+        ["webhook.updated", "webhook.updated", "webhook.created"]
+    );
+    assert_eq!(
+        audit["data"][0]["before"]["headerNames"],
+        json!(["Authorization", "X-Api-Key"])
+    );
+    for shown in [read, list, audit, operator_audit, delivery] {
+        let text = shown.to_string();
+        for value in secrets {
+            assert!(!text.contains(value), "{text}");
+        }
+        assert!(!text.contains("enc:v1:"), "{text}");
+    }
+
+    worker.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn custom_header_values_stay_out_of_the_services_logs() {
+    // The real binaries at debug level, their output kept.
+    let env = TestEnv::new("secrets-header-logs").await;
+    let receiver = TestReceiver::start().await;
+    let deps = Deps::shared(&env.prefix);
+    let dir = std::env::temp_dir().join(format!("courier-{}", env.prefix.trim_end_matches('.')));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (gateway_log, worker_log) = (dir.join("gateway.log"), dir.join("worker.log"));
+    let debug = [("RUST_LOG", "debug")];
+    let gateway = ChildService::gateway_logging_to(&deps, &debug, Some(&gateway_log)).await;
+    let worker = ChildService::worker_logging_to(&deps, &debug, Some(&worker_log));
+    worker.wait_ready("/readyz").await;
+    let api = gateway.api();
+    let tenant = api.tenant("acme").await;
+    let value = unique_value("logged");
+    let replaced = unique_value("replaced");
+    let created = api
+        .webhook(
+            &tenant,
+            json!({"name": "crm", "url": receiver.url("/hook"), "events": ["Prospect.*"],
+                   "headers": {"X-Api-Key": value}}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let got = deliver(&env, &api, &tenant, &receiver, &id, "evt_hdr_log_1").await;
+    assert_eq!(got.header("x-api-key"), Some(value.as_str()));
+    let (status, body) = api
+        .patch(
+            &format!("/v1/webhooks/{id}"),
+            &tenant.key,
+            &json!({"headers": {"X-Api-Key": replaced}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = deliver(&env, &api, &tenant, &receiver, &id, "evt_hdr_log_2").await;
+    assert_eq!(got.header("x-api-key"), Some(replaced.as_str()));
+
+    let (status, _) = gateway.terminate().await;
+    assert!(status.success());
+    let (status, _) = worker.terminate().await;
+    assert!(status.success());
+    let logs = [&gateway_log, &worker_log].map(|p| std::fs::read_to_string(p).unwrap());
+    assert!(
+        logs.iter().all(|l| l.contains("DEBUG")),
+        "both services logged at debug level"
+    );
+    for log in &logs {
+        assert!(!log.contains(&value) && !log.contains(&replaced), "{log}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    env.cleanup().await;
+}
+
 /// Runs `courier-gateway reencrypt-secrets` (the real binary) for this deployment.
 async fn reencrypt(prefix: &str, keys: &str) -> String {
     let out = tokio::process::Command::new(bin_path("courier-gateway"))
@@ -154,22 +366,25 @@ async fn after_a_key_rotation_and_reencryption_every_webhook_still_delivers() {
         (gw, wk)
     };
 
-    // Before: three webhooks under the old key, one of them mid-rotation.
+    // Before: three webhooks under the old key, one of them mid-rotation; /a and /c
+    // send a custom header.
     let (gw, wk) = start(&old);
     let gateway = env.start_gateway(gw).await;
     let api = Api::new(&gateway);
     let tenant = api.tenant("acme").await;
+    let a_key = unique_value("ak");
+    let c_auth = format!("Bearer {}", unique_value("rk"));
     let mut hooks: Vec<(String, Vec<String>, bool)> = Vec::new();
-    for (path, scheme) in [
-        ("/a", "standard"),
-        ("/b", "hmac-sha256-hex"),
-        ("/c", "standard"),
+    for (path, scheme, headers) in [
+        ("/a", "standard", json!({"X-Api-Key": a_key})),
+        ("/b", "hmac-sha256-hex", json!({})),
+        ("/c", "standard", json!({"Authorization": c_auth})),
     ] {
         let created = api
             .webhook(
                 &tenant,
                 json!({"name": path, "url": receiver.url(path), "events": ["Prospect.*"],
-                       "signatureScheme": scheme}),
+                       "signatureScheme": scheme, "headers": headers}),
             )
             .await;
         hooks.push((
@@ -192,6 +407,29 @@ async fn after_a_key_rotation_and_reencryption_every_webhook_still_delivers() {
     gateway.stop().await.unwrap();
     assert!(redis_dump(&env.prefix).await.contains("enc:v1:old:"));
     drop(wk);
+    // /c as a record stored before header values were sealed: a plain `headers` map.
+    let c_key = env
+        .store
+        .keys()
+        .webhook(&WebhookId::parse(&hooks[2].0).unwrap());
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let raw: String = redis::cmd("GET")
+        .arg(&c_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut legacy: Value = serde_json::from_str(&raw).unwrap();
+    let record = legacy.as_object_mut().unwrap();
+    assert!(record.remove("sealedHeaders").is_some(), "{raw}");
+    record.insert("headers".into(), json!({"Authorization": c_auth}));
+    redis::cmd("SET")
+        .arg(&c_key)
+        .arg(legacy.to_string())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(redis_dump(&env.prefix).await.contains(&c_auth));
 
     // Rotate: deploy `new,old`, re-encrypt (twice: the second run finds nothing to do).
     let both = format!("{new},{old}");
@@ -209,8 +447,12 @@ async fn after_a_key_rotation_and_reencryption_every_webhook_still_delivers() {
     assert!(!dump.contains("enc:v1:old:"), "no record names the old key");
     assert_eq!(
         dump.matches("enc:v1:new:").count(),
-        4,
-        "3 current + 1 previous secret"
+        6,
+        "3 current + 1 previous secret + 2 header values"
+    );
+    assert!(
+        !dump.contains(&a_key) && !dump.contains(&c_auth),
+        "no header value in plaintext"
     );
 
     // The old key can now go: services on `new` alone deliver with the unchanged secrets.
@@ -232,6 +474,13 @@ async fn after_a_key_rotation_and_reencryption_every_webhook_still_delivers() {
             .into_iter()
             .find(|r| r.header("webhook-id") == Some(batch.to_string().as_str()))
             .unwrap();
+        match id {
+            id if id == &hooks[0].0 => assert_eq!(path.header("x-api-key"), Some(a_key.as_str())),
+            id if id == &hooks[2].0 => {
+                assert_eq!(path.header("authorization"), Some(c_auth.as_str()));
+            }
+            _ => assert_eq!(path.header("x-api-key"), None),
+        }
         for secret in secrets {
             let secret = Secret::parse(secret).unwrap();
             if *standard {

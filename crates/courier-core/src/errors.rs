@@ -32,6 +32,13 @@ impl FieldErrors {
         self.0.get(field).map(String::as_str)
     }
 
+    /// Records `other`'s problems too (a field's first problem is kept).
+    pub fn extend(&mut self, other: FieldErrors) {
+        for (field, message) in other.0 {
+            self.add(field, message);
+        }
+    }
+
     /// `Ok(value)` when nothing was recorded.
     pub fn into_result<T>(self, value: T) -> Result<T, Self> {
         if self.is_empty() {

@@ -103,7 +103,16 @@ impl WebhookUrl {
         if url.fragment().is_some() {
             return Err("must not have a fragment".into());
         }
-        Ok(Self(url.to_string()))
+        // Stored normalized, which may be longer (percent-encoding, punycode); the
+        // stored form must pass again, or no later PATCH of the webhook would.
+        let normalized = url.to_string();
+        if normalized.len() > MAX_URL_LEN {
+            return Err(format!(
+                "must be at most {MAX_URL_LEN} characters once normalized (percent-encoded, punycode), not {}",
+                normalized.len()
+            ));
+        }
+        Ok(Self(normalized))
     }
 
     pub fn as_str(&self) -> &str {
@@ -168,6 +177,91 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A webhook's custom headers, sent with every delivery. Their values often carry the
+/// receiver's credentials (`Authorization: Bearer …`, `X-Api-Key`), so they are
+/// secrets like the signing secret: stored encrypted, never shown by the API (which
+/// lists their names only), and left out of `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CustomHeaders(BTreeMap<String, String>);
+
+impl CustomHeaders {
+    /// The headers as given, every problem recorded by field (`headers.<name>`).
+    fn parse(headers: BTreeMap<String, String>, errors: &mut FieldErrors) -> Self {
+        if headers.len() > MAX_CUSTOM_HEADERS {
+            errors.add(
+                "headers",
+                format!("at most {MAX_CUSTOM_HEADERS} custom headers"),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, value) in &headers {
+            if let Err(e) = check_header(name, value) {
+                errors.add(format!("headers.{name}"), e);
+            } else if !seen.insert(name.to_ascii_lowercase()) {
+                errors.add(format!("headers.{name}"), "is given twice");
+            }
+        }
+        Self(headers)
+    }
+
+    /// Names and values, to send.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The names, which are not secret.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Whether a header of this name is set (names compare case-insensitively).
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.keys().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// These headers with a patch applied: each named header is set or replaced
+    /// (whatever the case of its stored name), a `null` removes it, the rest keep
+    /// their values. A patch naming a header twice (names that differ only in
+    /// case) is refused, as it would both set and remove it, or set it twice.
+    fn patched(
+        &self,
+        patch: BTreeMap<String, Option<String>>,
+        errors: &mut FieldErrors,
+    ) -> BTreeMap<String, String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for name in patch.keys() {
+            if !seen.insert(name.to_ascii_lowercase()) {
+                errors.add(
+                    format!("headers.{name}"),
+                    "is given twice (header names are case-insensitive)",
+                );
+            }
+        }
+        let mut headers = self.0.clone();
+        headers.retain(|stored, _| !patch.keys().any(|n| n.eq_ignore_ascii_case(stored)));
+        headers.extend(patch.into_iter().filter_map(|(n, v)| Some((n, v?))));
+        headers
+    }
+}
+
+/// Names only: the values are secrets.
+impl std::fmt::Debug for CustomHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.names().map(|n| (n, "<redacted>")))
+            .finish()
+    }
+}
+
 /// Update keys mapped to field names: an event of such a key is delivered only if its
 /// `propertiesUpdated` shares a field with the list (`null` is delivered, `[]` is not).
 pub type PropertyFilters = BTreeMap<String, Vec<String>>;
@@ -194,7 +288,7 @@ pub struct Webhook {
     #[serde(default)]
     pub retry_policy: RetrySettings,
     pub timeout_ms: u32,
-    pub headers: BTreeMap<String, String>,
+    pub headers: CustomHeaders,
     pub signature_scheme: SignatureScheme,
     pub active: bool,
     /// Bumped by disable and delete: work created under an older one ends cancelled.
@@ -255,7 +349,10 @@ pub struct WebhookInput {
     /// 1000 to 30000; default 10000.
     #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 30000))]
     pub timeout_ms: Option<i64>,
-    /// Custom headers sent with every delivery (reserved names refused).
+    /// Custom headers sent with every delivery (reserved names refused), e.g. the
+    /// receiver's API key. Their values are secrets: stored encrypted and never shown
+    /// again; reads list only their names, as `headerNames`.
+    #[cfg_attr(feature = "openapi", schema(example = json!({"Authorization": "Bearer receiver-api-key"})))]
     pub headers: Option<BTreeMap<String, String>>,
     pub signature_scheme: Option<SignatureScheme>,
     /// Default true.
@@ -278,7 +375,7 @@ impl std::fmt::Debug for WebhookInput {
 }
 
 /// The body of `PATCH /v1/webhooks/{id}`: any subset of the mutable fields.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookPatch {
@@ -291,9 +388,34 @@ pub struct WebhookPatch {
     pub retry_policy: Option<RetryInput>,
     #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 30000))]
     pub timeout_ms: Option<i64>,
-    pub headers: Option<BTreeMap<String, String>>,
+    /// Changes to the custom headers: each named header is set, or replaced
+    /// (names compare case-insensitively); `null` removes one. Headers not named
+    /// keep their values, which reads never show.
+    #[cfg_attr(feature = "openapi", schema(example = json!({"X-Api-Key": "new-key", "X-Old": null})))]
+    pub headers: Option<BTreeMap<String, Option<String>>>,
     pub signature_scheme: Option<SignatureScheme>,
     pub active: Option<bool>,
+}
+
+/// Header names only, so a logged patch never shows a header value.
+impl std::fmt::Debug for WebhookPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookPatch")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("throttling", &self.throttling)
+            .field("property_filters", &self.property_filters)
+            .field("retry_policy", &self.retry_policy)
+            .field("timeout_ms", &self.timeout_ms)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
+            )
+            .field("signature_scheme", &self.signature_scheme)
+            .field("active", &self.active)
+            .finish()
+    }
 }
 
 /// Most previous secrets that keep signing during rotations.
@@ -309,6 +431,7 @@ impl WebhookPatch {
         now: DateTime<Utc>,
     ) -> Result<Webhook, FieldErrors> {
         let retry = &current.retry_policy;
+        let mut errors = FieldErrors::default();
         let input = WebhookInput {
             name: Some(self.name.unwrap_or_else(|| current.name.clone())),
             url: Some(self.url.unwrap_or_else(|| current.url.as_str().to_owned())),
@@ -338,12 +461,22 @@ impl WebhookPatch {
                 retry_client_errors: Some(retry.retry_client_errors),
             })),
             timeout_ms: Some(self.timeout_ms.unwrap_or(i64::from(current.timeout_ms))),
-            headers: Some(self.headers.unwrap_or_else(|| current.headers.clone())),
+            headers: Some(match self.headers {
+                Some(patch) => current.headers.patched(patch, &mut errors),
+                None => current.headers.0.clone(),
+            }),
             signature_scheme: Some(self.signature_scheme.unwrap_or(current.signature_scheme)),
             active: Some(self.active.unwrap_or(current.active)),
             secret: None,
         };
-        let next = input.into_webhook(&current.tenant_id, rules, now)?;
+        let next = match input.into_webhook(&current.tenant_id, rules, now) {
+            Ok(next) if errors.is_empty() => next,
+            Ok(_) => return Err(errors),
+            Err(mut all) => {
+                all.extend(errors);
+                return Err(all);
+            }
+        };
         let disabled = current.active && !next.active;
         Ok(Webhook {
             id: current.id.clone(),
@@ -436,8 +569,7 @@ impl WebhookInput {
             .ok()
             .flatten()
             .unwrap_or(DEFAULT_TIMEOUT_MS);
-        let headers = self.headers.unwrap_or_default();
-        check_headers(&headers, &mut errors);
+        let headers = CustomHeaders::parse(self.headers.unwrap_or_default(), &mut errors);
         let property_filters = self.property_filters.unwrap_or_default();
         check_property_filters(&property_filters, catalog, &mut errors);
         let retry_policy = self
@@ -499,23 +631,6 @@ fn check_patterns(
         }
     }
     out
-}
-
-fn check_headers(headers: &BTreeMap<String, String>, errors: &mut FieldErrors) {
-    if headers.len() > MAX_CUSTOM_HEADERS {
-        errors.add(
-            "headers",
-            format!("at most {MAX_CUSTOM_HEADERS} custom headers"),
-        );
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, value) in headers {
-        if let Err(e) = check_header(name, value) {
-            errors.add(format!("headers.{name}"), e);
-        } else if !seen.insert(name.to_ascii_lowercase()) {
-            errors.add(format!("headers.{name}"), "is given twice");
-        }
-    }
 }
 
 fn check_property_filters(filters: &PropertyFilters, catalog: &Catalog, errors: &mut FieldErrors) {
@@ -640,6 +755,23 @@ mod tests {
             },
         };
         assert!(create_with(with_url("https://10.0.0.1/x"), &opened).is_ok());
+    }
+
+    #[test]
+    fn a_url_is_measured_as_stored_so_it_passes_again() {
+        // 1420 bytes as given, 4220 once percent-encoded.
+        let long = format!("https://example.com/{}", "é".repeat(700));
+        assert!(long.len() <= MAX_URL_LEN);
+        let err = WebhookUrl::parse(&long, &UrlPolicy::production()).unwrap_err();
+        assert!(err.contains("once normalized"), "{err}");
+        // Under the limit once normalized: accepted, and accepted again as stored.
+        let fits = format!("https://example.com/{}", "é".repeat(300));
+        let url = WebhookUrl::parse(&fits, &UrlPolicy::production()).unwrap();
+        assert!(url.as_str().len() <= MAX_URL_LEN);
+        assert_eq!(
+            WebhookUrl::parse(url.as_str(), &UrlPolicy::production()).unwrap(),
+            url
+        );
     }
 
     #[test]
@@ -814,6 +946,69 @@ mod tests {
             wh.previous_secrets.iter().all(|p| p.secret != before),
             "a zero TTL revokes at once"
         );
+    }
+
+    #[test]
+    fn a_headers_patch_sets_replaces_and_removes_only_what_it_names() {
+        let mut body = minimal();
+        body["headers"] = serde_json::json!({"Authorization": "Bearer a", "X-Team": "sales"});
+        let wh = create(body, PROD).unwrap();
+        let patched = rules_apply(
+            serde_json::json!({"headers": {"authorization": "Bearer b", "X-Team": null, "X-New": "1"}}),
+            &wh,
+        )
+        .unwrap();
+        let headers: Vec<_> = patched.headers.iter().collect();
+        assert_eq!(headers, [("X-New", "1"), ("authorization", "Bearer b")]);
+        // Other fields leave the stored values alone.
+        let renamed = rules_apply(serde_json::json!({"name": "renamed"}), &wh).unwrap();
+        assert_eq!(renamed.headers, wh.headers);
+        let emptied = rules_apply(
+            serde_json::json!({"headers": {"AUTHORIZATION": null, "x-team": null, "X-Absent": null}}),
+            &wh,
+        )
+        .unwrap();
+        assert!(emptied.headers.is_empty());
+    }
+
+    #[test]
+    fn a_headers_patch_is_validated_like_a_create() {
+        let wh = create(minimal(), PROD).unwrap();
+        for (patch, field) in [
+            (serde_json::json!({"X-A": "1", "x-a": "2"}), "headers.x-a"),
+            (serde_json::json!({"X-A": "1", "x-a": null}), "headers.x-a"),
+            (serde_json::json!({"Host": "evil"}), "headers.Host"),
+            (serde_json::json!({"X-A": "line\nbreak"}), "headers.X-A"),
+        ] {
+            let errs = rules_apply(serde_json::json!({ "headers": patch }), &wh).unwrap_err();
+            assert!(errs.get(field).is_some(), "{errs}");
+        }
+        let many: serde_json::Map<_, _> = (0..=MAX_CUSTOM_HEADERS)
+            .map(|i| (format!("X-{i}"), serde_json::Value::from("v")))
+            .collect();
+        let errs = rules_apply(serde_json::json!({ "headers": many }), &wh).unwrap_err();
+        assert!(errs.get("headers").is_some(), "{errs}");
+    }
+
+    #[test]
+    fn header_values_stay_out_of_debug_output() {
+        let mut body = minimal();
+        body["headers"] = serde_json::json!({"X-Api-Key": "key-value-123"});
+        let wh = create(body, PROD).unwrap();
+        let shown = format!("{wh:?}");
+        assert!(
+            shown.contains("X-Api-Key") && !shown.contains("key-value-123"),
+            "{shown}"
+        );
+        let patch: WebhookPatch =
+            serde_json::from_value(serde_json::json!({"headers": {"X-Api-Key": "key-value-123"}}))
+                .unwrap();
+        let shown = format!("{patch:?}");
+        assert!(
+            shown.contains("X-Api-Key") && !shown.contains("key-value-123"),
+            "{shown}"
+        );
+        assert!(wh.headers.contains("x-api-key"));
     }
 
     #[test]

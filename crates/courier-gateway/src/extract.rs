@@ -111,10 +111,41 @@ pub fn json_error(e: &serde_json::Error, field: &str) -> ApiError {
         }
         Category::Data => {
             let mut fields = FieldErrors::default();
-            fields.add(field, e.to_string());
+            fields.add(field, without_strings(&e.to_string()));
             ApiError::unprocessable("the body does not have the expected shape", &fields)
         }
     }
+}
+
+/// A serde message with the string values it quotes (`invalid type: string "…"`)
+/// left out: the string may be a secret put in the wrong place, e.g. a header value
+/// given where the header map goes, and error bodies never repeat secrets.
+fn without_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(QUOTED) {
+        out.push_str(&rest[..start]);
+        out.push_str("a string");
+        // The quoted value is escaped as by `Debug`: it ends at the first `"`
+        // that is not escaped.
+        let value = &rest[start + QUOTED.len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find_map(|(i, c)| match c {
+            '\\' if !escaped => {
+                escaped = true;
+                None
+            }
+            '"' if !escaped => Some(i + 1),
+            _ => {
+                escaped = false;
+                None
+            }
+        });
+        rest = end.map_or("", |end| &value[end..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A JSON body of type `T`, size-limited, with the documented errors. As
@@ -214,5 +245,33 @@ impl PageQuery {
         fields
             .into_result((offset, limit))
             .map_err(|f| ApiError::unprocessable("invalid paging parameters", &f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_errors_do_not_repeat_the_strings_they_quote() {
+        let err = serde_json::from_str::<std::collections::BTreeMap<String, String>>(
+            r#""Bearer sk_live_\"quoted\" \\ end""#,
+        )
+        .unwrap_err();
+        let shown = without_strings(&err.to_string());
+        assert!(
+            shown.starts_with("invalid type: a string, expected a map"),
+            "{shown}"
+        );
+        assert!(!shown.contains("sk_live"), "{shown}");
+        assert_eq!(
+            without_strings(r#"invalid value: string "a\"b", expected x; string "c""#),
+            "invalid value: a string, expected x; a string"
+        );
+        assert_eq!(
+            without_strings("missing field `url`"),
+            "missing field `url`"
+        );
+        assert_eq!(without_strings(r#"string "unterminated"#), "a string");
     }
 }

@@ -2,8 +2,9 @@
 //! configuration (flags and `COURIER_*` variables):
 //!
 //! - `courier-gateway reencrypt-secrets`: re-encrypts every webhook signing secret
-//!   under the newest key of `COURIER_SECRET_KEYS`, the step of a key rotation
-//!   between deploying `new,old` and dropping `old`.
+//!   and custom header value under the newest key of `COURIER_SECRET_KEYS`, the
+//!   step of a key rotation between deploying `new,old` and dropping `old` (and of
+//!   an upgrade from a version that stored header values in plaintext).
 
 use anyhow::Context as _;
 use courier_store::{ReencryptReport, Store};
@@ -13,9 +14,9 @@ use crate::GatewayConfig;
 /// A command run instead of serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Re-encrypt every webhook signing secret under the newest key of
-    /// COURIER_SECRET_KEYS, print the counts, and exit (non-zero if any record
-    /// failed). Safe while the services serve, and safe to run again.
+    /// Re-encrypt every webhook signing secret and custom header value under the
+    /// newest key of COURIER_SECRET_KEYS, print the counts, and exit (non-zero if
+    /// any record failed). Safe while the services serve, and safe to run again.
     ReencryptSecrets,
 }
 

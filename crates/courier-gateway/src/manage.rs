@@ -42,6 +42,24 @@ pub fn audit_view(w: &Webhook) -> Value {
     serde_json::to_value(WebhookView::from(w)).unwrap_or(Value::Null)
 }
 
+/// A state recorded in the audit log, as the API shows it. Entries recorded before
+/// custom header values became secrets hold a webhook's `headers` with their
+/// values: only the names are shown, as in today's entries (`headerNames`).
+pub fn shown_audit_state(state: Option<Value>) -> Option<Value> {
+    let Some(Value::Object(mut map)) = state else {
+        return state;
+    };
+    if let Some(headers) = map.remove("headers") {
+        let names = headers
+            .as_object()
+            .map(|h| h.keys().cloned().map(Value::String).collect())
+            .unwrap_or_default();
+        map.entry("headerNames")
+            .or_insert_with(|| Value::Array(names));
+    }
+    Some(Value::Object(map))
+}
+
 /// The tenant's webhook `id`, with its version; 404 for another tenant's.
 pub async fn find_webhook(
     state: &AppState,
@@ -111,4 +129,27 @@ pub async fn patch_webhook(
     })
     .await?;
     changed.ok_or_else(|| ApiError::not_found(format!("webhook {id} not found")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_states_of_old_entries_show_header_names_only() {
+        let old = serde_json::json!({
+            "id": "wh_1", "name": "crm",
+            "headers": {"Authorization": "Bearer secret-1", "X-Team": "sales"}
+        });
+        let shown = shown_audit_state(Some(old));
+        assert_eq!(
+            shown,
+            Some(serde_json::json!({
+                "id": "wh_1", "name": "crm", "headerNames": ["Authorization", "X-Team"]
+            }))
+        );
+        let current = serde_json::json!({"id": "wh_1", "headerNames": ["X-Team"]});
+        assert_eq!(shown_audit_state(Some(current.clone())), Some(current));
+        assert_eq!(shown_audit_state(None), None);
+    }
 }

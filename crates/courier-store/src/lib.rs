@@ -7,8 +7,8 @@
 //! - [`repo`]: tenants, API keys and webhooks.
 //! - [`log`]: attempt claims and the delivery log record (design §6).
 //! - [`history`]: the delivery log in pages: listings, dead letters, export, imports.
-//! - [`sealed`]: webhook records with their signing secrets encrypted at rest, and
-//!   their re-encryption under the newest key.
+//! - [`sealed`]: webhook records with their signing secrets and custom header
+//!   values encrypted at rest, and their re-encryption under the newest key.
 //! - [`ratelimit`]: the per-tenant ingest token bucket shared by gateway replicas.
 //!
 //! [`Store`] is the one handle both services use: a pool plus the key names.
@@ -72,7 +72,7 @@ pub struct Store {
     pool: Pool,
     keys: Keys,
     url: String,
-    /// Seals and opens webhook signing secrets.
+    /// Seals and opens webhook signing secrets and custom header values.
     keyring: sealed::SharedKeyring,
 }
 
@@ -94,7 +94,8 @@ impl Store {
         })
     }
 
-    /// The same store sealing webhook secrets with `keyring` (newest key first).
+    /// The same store sealing webhook secrets and header values with `keyring`
+    /// (newest key first).
     pub fn with_keyring(mut self, keyring: courier_core::keyring::Keyring) -> Self {
         self.keyring = std::sync::Arc::new(keyring);
         self

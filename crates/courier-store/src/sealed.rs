@@ -1,9 +1,13 @@
-//! Webhook records as stored: the signing secrets (current and previous) sealed with
-//! the deployment's [`Keyring`], everything else plain JSON.
+//! Webhook records as stored: the signing secrets (current and previous) and the
+//! values of the custom headers sealed with the deployment's [`Keyring`],
+//! everything else plain JSON.
 //!
-//! A sealed secret is bound to its webhook id, so it does not open in another
-//! record. Records written before encryption at rest (plaintext `whsec_...`) are
-//! still read, and are sealed by the next write or by `reencrypt-secrets`.
+//! A sealed secret is bound to its webhook id, and a sealed header value to its
+//! webhook id and header name, so neither opens anywhere else. Header values are
+//! stored as `sealedHeaders` (name → sealed value) in place of `headers`.
+//! Records written before encryption at rest (plaintext `whsec_...`, or a plain
+//! `headers` map) are still read, and are sealed by the next write or by
+//! `reencrypt-secrets`.
 
 use std::sync::{Arc, LazyLock};
 
@@ -18,6 +22,17 @@ use crate::{Store, StoreError};
 fn context(webhook_id: &str) -> Vec<u8> {
     format!("courier/webhook-secret/{webhook_id}").into_bytes()
 }
+
+/// What the seal of a stored header value is bound to.
+fn header_context(webhook_id: &str, name: &str) -> Vec<u8> {
+    format!("courier/webhook-header/{webhook_id}/{name}").into_bytes()
+}
+
+/// The field of a record that holds the custom headers in plaintext (the record's
+/// JSON form, and records stored before header values were sealed).
+const PLAIN_HEADERS: &str = "headers";
+/// The field of a stored record that holds the sealed header values.
+const SEALED_HEADERS: &str = "sealedHeaders";
 
 /// The secret strings of a webhook record, as mutable JSON values.
 fn secret_slots(record: &mut Value) -> impl Iterator<Item = &mut Value> {
@@ -43,17 +58,61 @@ fn secret_slots(record: &mut Value) -> impl Iterator<Item = &mut Value> {
     slots.into_iter()
 }
 
-/// Serializes a webhook with its secrets sealed under the newest key.
+/// Serializes a webhook with its secrets and header values sealed under the
+/// newest key.
 pub(crate) fn seal_webhook(keyring: &Keyring, webhook: &Webhook) -> String {
     // Plain records of strings, numbers and maps always serialize.
     let mut record = serde_json::to_value(webhook).unwrap_or_default();
-    let context = context(webhook.id.as_str());
+    let id = webhook.id.as_str();
+    let context = context(id);
     for slot in secret_slots(&mut record) {
         if let Value::String(plain) = slot {
             *slot = Value::String(keyring.seal(plain.as_bytes(), &context));
         }
     }
+    if let Value::Object(map) = &mut record {
+        map.remove(PLAIN_HEADERS);
+        let sealed = webhook
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let sealed = keyring.seal(value.as_bytes(), &header_context(id, name));
+                (name.to_owned(), Value::String(sealed))
+            })
+            .collect();
+        map.insert(SEALED_HEADERS.to_owned(), Value::Object(sealed));
+    }
     serde_json::to_string(&record).unwrap_or_default()
+}
+
+/// Replaces the record's `sealedHeaders` by the opened `headers`. A record without
+/// them keeps its plaintext `headers` (written before header values were sealed).
+fn open_headers(keyring: &Keyring, id: &str, record: &mut Value) -> Result<(), StoreError> {
+    let corrupt = |e: &str| StoreError::Corrupt(format!("webhook: {id}: {e}"));
+    let Value::Object(map) = record else {
+        return Ok(());
+    };
+    let Some(sealed) = map.remove(SEALED_HEADERS) else {
+        return Ok(());
+    };
+    let Value::Object(sealed) = sealed else {
+        return Err(corrupt("its sealed headers are not a map"));
+    };
+    let mut headers = serde_json::Map::with_capacity(sealed.len());
+    for (name, value) in sealed {
+        // Names are not secret; values never appear in an error.
+        let Value::String(value) = value else {
+            return Err(corrupt(&format!("its header {name} is not a string")));
+        };
+        let plain = keyring
+            .open(&value, &header_context(id, &name))
+            .map_err(|e| corrupt(&format!("its header {name}: {e}")))?;
+        let plain = String::from_utf8(plain)
+            .map_err(|_| corrupt(&format!("its header {name} is not text")))?;
+        headers.insert(name, Value::String(plain));
+    }
+    map.insert(PLAIN_HEADERS.to_owned(), Value::Object(headers));
+    Ok(())
 }
 
 /// Reads a stored webhook record, opening its sealed secrets.
@@ -65,6 +124,7 @@ pub(crate) fn open_webhook(keyring: &Keyring, raw: &str) -> Result<Webhook, Stor
         .and_then(Value::as_str)
         .ok_or_else(|| corrupt(&"the record has no id"))?
         .to_owned();
+    open_headers(keyring, &id, &mut record)?;
     let context = context(&id);
     for slot in secret_slots(&mut record) {
         if let Value::String(stored) = slot {
@@ -81,18 +141,27 @@ pub(crate) fn open_webhook(keyring: &Keyring, raw: &str) -> Result<Webhook, Stor
     serde_json::from_value(record).map_err(|e| corrupt(&format!("{id}: {e}")))
 }
 
-/// Whether a stored record has a secret that is plaintext or sealed under another
-/// key than the newest.
+/// Whether a stored record has a secret or a header value that is plaintext or
+/// sealed under another key than the newest.
 pub(crate) fn needs_reseal(keyring: &Keyring, raw: &str) -> bool {
     let Ok(mut record) = serde_json::from_str::<Value>(raw) else {
         return false;
     };
     let newest = keyring.newest_id();
-    let stale = secret_slots(&mut record).any(|slot| {
-        slot.as_str()
+    let stale = |value: &Value| {
+        value
+            .as_str()
             .is_some_and(|s| sealed_key_id(s) != Some(newest))
-    });
-    stale
+    };
+    let plain_headers = record
+        .get(PLAIN_HEADERS)
+        .and_then(Value::as_object)
+        .is_some_and(|h| !h.is_empty());
+    let stale_headers = record
+        .get(SEALED_HEADERS)
+        .and_then(Value::as_object)
+        .is_some_and(|h| h.values().any(stale));
+    plain_headers || stale_headers || secret_slots(&mut record).any(|slot| stale(slot))
 }
 
 /// The store's keyring, shared by its clones.
@@ -119,7 +188,7 @@ const RESEAL_TRIES: usize = 5;
 pub struct ReencryptReport {
     /// Webhook records found.
     pub scanned: usize,
-    /// Records whose secrets were sealed again under the newest key.
+    /// Records whose secrets and header values were sealed again under the newest key.
     pub reencrypted: usize,
     /// Records already sealed under the newest key only.
     pub current: usize,
@@ -135,9 +204,10 @@ enum Resealed {
 }
 
 impl Store {
-    /// Re-encrypts every webhook record under the keyring's newest key (SCAN over
-    /// the webhook keys, then a compare-and-set per record, so concurrent changes by
-    /// the API are never lost). Safe to run while the services serve, and again.
+    /// Re-encrypts every webhook record (signing secrets and header values) under
+    /// the keyring's newest key (SCAN over the webhook keys, then a compare-and-set
+    /// per record, so concurrent changes by the API are never lost). Safe to run
+    /// while the services serve, and again.
     pub async fn reencrypt_webhooks(&self) -> Result<ReencryptReport, StoreError> {
         let mut report = ReencryptReport::default();
         let pattern = format!("{}*", self.keys.webhook_prefix());
@@ -218,7 +288,8 @@ mod tests {
 
     fn webhook() -> Webhook {
         let input: WebhookInput = serde_json::from_value(serde_json::json!({
-            "name": "crm", "url": "https://example.com/hook", "events": ["Prospect.*"]
+            "name": "crm", "url": "https://example.com/hook", "events": ["Prospect.*"],
+            "headers": {"Authorization": "Bearer rk_plain_1", "X-Api-Key": "ak_plain_2"}
         }))
         .unwrap();
         let catalog = Catalog::builtin();
@@ -240,9 +311,63 @@ mod tests {
         let wh = webhook();
         let raw = seal_webhook(&keyring, &wh);
         assert!(!raw.contains("whsec_"), "{raw}");
-        assert_eq!(raw.matches("enc:v1:k1:").count(), 2);
+        assert!(
+            !raw.contains("rk_plain_1") && !raw.contains("ak_plain_2"),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("Authorization") && raw.contains("X-Api-Key"),
+            "{raw}"
+        );
+        assert_eq!(raw.matches("enc:v1:k1:").count(), 4, "2 secrets, 2 headers");
         assert_eq!(open_webhook(&keyring, &raw).unwrap(), wh);
         assert!(!needs_reseal(&keyring, &raw));
+    }
+
+    #[test]
+    fn records_with_plaintext_headers_still_read_and_need_a_reseal() {
+        // As stored before header values were sealed: secrets sealed, headers plain.
+        let keyring = Keyring::dev();
+        let wh = webhook();
+        let mut raw: Value = serde_json::from_str(&seal_webhook(&keyring, &wh)).unwrap();
+        let map = raw.as_object_mut().unwrap();
+        map.remove(SEALED_HEADERS);
+        map.insert(
+            PLAIN_HEADERS.into(),
+            serde_json::to_value(&wh.headers).unwrap(),
+        );
+        let raw = raw.to_string();
+        assert!(raw.contains("rk_plain_1"));
+        assert_eq!(open_webhook(&keyring, &raw).unwrap(), wh);
+        assert!(needs_reseal(&keyring, &raw));
+        let resealed = seal_webhook(&keyring, &open_webhook(&keyring, &raw).unwrap());
+        assert!(!resealed.contains("rk_plain_1"));
+        assert!(!needs_reseal(&keyring, &resealed));
+    }
+
+    #[test]
+    fn a_sealed_header_value_moved_to_another_header_does_not_open() {
+        let keyring = Keyring::dev();
+        let wh = webhook();
+        let mut raw: Value = serde_json::from_str(&seal_webhook(&keyring, &wh)).unwrap();
+        let auth = raw[SEALED_HEADERS]["Authorization"].clone();
+        raw[SEALED_HEADERS]["X-Api-Key"] = auth;
+        let err = open_webhook(&keyring, &raw.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its header X-Api-Key"), "{err}");
+        assert!(
+            !err.contains("rk_plain_1") && !err.contains("ak_plain_2"),
+            "{err}"
+        );
+        raw[SEALED_HEADERS]["X-Api-Key"] = "ak_plain_2".into();
+        let err = open_webhook(&keyring, &raw.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not sealed") && !err.contains("ak_plain_2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -270,11 +395,19 @@ mod tests {
     fn rotation_of_keys_needs_a_reseal_and_an_unknown_key_is_named() {
         let old_entry = Keyring::generate_entry("old");
         let old = Keyring::parse(&old_entry).unwrap();
-        let raw = seal_webhook(&old, &webhook());
+        let wh = webhook();
+        let raw = seal_webhook(&old, &wh);
         let rotated =
             Keyring::parse(&format!("{},{old_entry}", Keyring::generate_entry("new"))).unwrap();
         assert!(needs_reseal(&rotated, &raw));
         assert!(open_webhook(&rotated, &raw).is_ok());
+        // A record whose secrets are under the newest key but its header values not.
+        let mut mixed: Value = serde_json::from_str(&seal_webhook(&rotated, &wh)).unwrap();
+        let stale: Value = serde_json::from_str(&raw).unwrap();
+        mixed[SEALED_HEADERS] = stale[SEALED_HEADERS].clone();
+        let mixed = mixed.to_string();
+        assert!(needs_reseal(&rotated, &mixed));
+        assert_eq!(open_webhook(&rotated, &mixed).unwrap(), wh);
         let only_new = Keyring::parse(&Keyring::generate_entry("new")).unwrap();
         let err = open_webhook(&only_new, &raw).unwrap_err().to_string();
         assert!(

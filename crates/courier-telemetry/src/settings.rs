@@ -80,10 +80,10 @@ pub struct SharedSettings {
     #[arg(long, env = "COURIER_ALLOWED_TARGET_CIDRS", default_value = "", value_parser = parse_target_cidrs)]
     pub allowed_target_cidrs: TargetCidrs,
 
-    /// Keys that encrypt webhook signing secrets at rest, newest first:
-    /// `id:base64-of-32-bytes,older-id:...`. The newest encrypts; any listed key
-    /// decrypts what names it. Required in production; the dev profile falls back to
-    /// a fixed, public dev key.
+    /// Keys that encrypt webhook signing secrets and custom header values at rest,
+    /// newest first: `id:base64-of-32-bytes,older-id:...`. The newest encrypts; any
+    /// listed key decrypts what names it. Required in production; the dev profile
+    /// falls back to a fixed, public dev key.
     #[arg(long, env = "COURIER_SECRET_KEYS", hide_env_values = true, value_parser = parse_keyring)]
     pub secret_keys: Option<courier_core::keyring::Keyring>,
 

@@ -108,12 +108,12 @@ impl Sender {
                 }
             }
         }
-        for (name, value) in &webhook.headers {
+        for (name, value) in webhook.headers.iter() {
             req = req.header(name, value);
         }
         // `traceparent` is reserved; a webhook's own `tracestate` is left alone.
         for (name, value) in trace.iter().flat_map(|t| t.pairs()) {
-            if !webhook.headers.keys().any(|h| h.eq_ignore_ascii_case(name)) {
+            if !webhook.headers.contains(name) {
                 req = req.header(name, value);
             }
         }

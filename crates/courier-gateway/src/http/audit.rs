@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, Caller};
+use crate::manage::shown_audit_state;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,9 +43,11 @@ pub struct AuditEntryView {
     resource_type: String,
     resource_id: String,
     tenant_id: String,
-    /// The resource before the change (never secrets); absent for a creation.
+    /// The resource before the change (never secrets, nor custom header values);
+    /// absent for a creation.
     before: Option<serde_json::Value>,
-    /// The resource after the change (never secrets); absent for a deletion.
+    /// The resource after the change (never secrets, nor custom header values);
+    /// absent for a deletion.
     after: Option<serde_json::Value>,
 }
 
@@ -128,8 +131,8 @@ async fn list(
                 resource_type: r.entry.resource_type,
                 resource_id: r.entry.resource_id,
                 tenant_id: r.entry.tenant_id.to_string(),
-                before: r.entry.before,
-                after: r.entry.after,
+                before: shown_audit_state(r.entry.before),
+                after: shown_audit_state(r.entry.after),
             })
             .collect(),
         next_cursor,

@@ -45,7 +45,8 @@ pub struct RetryPolicyView {
     retry_client_errors: bool,
 }
 
-/// A webhook as the API shows it: never its secrets.
+/// A webhook as the API shows it: never its secrets (the signing secret, the values
+/// of its custom headers).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookView {
@@ -58,7 +59,10 @@ pub struct WebhookView {
     property_filters: BTreeMap<String, Vec<String>>,
     retry_policy: RetryPolicyView,
     timeout_ms: u32,
-    headers: BTreeMap<String, String>,
+    /// Names of the custom headers sent with every delivery. Their values are
+    /// secrets, never shown; PATCH `headers` sets, replaces or removes them by name.
+    #[schema(example = json!(["Authorization"]))]
+    header_names: Vec<String>,
     signature_scheme: SignatureScheme,
     active: bool,
     created_at: DateTime<Utc>,
@@ -85,7 +89,7 @@ impl From<&Webhook> for WebhookView {
                 retry_client_errors: retry.retry_client_errors,
             },
             timeout_ms: w.timeout_ms,
-            headers: w.headers.clone(),
+            header_names: w.headers.names().map(str::to_owned).collect(),
             signature_scheme: w.signature_scheme,
             active: w.active,
             created_at: w.created_at,
