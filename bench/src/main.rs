@@ -76,7 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let amqp = courier_broker::connect(&args.amqp_url, "courier-bench", Duration::from_secs(10))
         .await
         .context("RabbitMQ must be reachable at COURIER_AMQP_URL (make services)")?;
-    let store = Store::new(&args.redis_url, &prefix, 2)?;
+    let store = Store::new(&args.redis_url, &prefix)?;
     store
         .ping()
         .await

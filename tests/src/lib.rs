@@ -87,7 +87,7 @@ impl TestEnv {
         let amqp = courier_broker::connect(AMQP_URL, "courier-tests", Duration::from_secs(10))
             .await
             .expect("RabbitMQ must run on 127.0.0.1:5672 (make services)");
-        let store = Store::new(REDIS_URL, &prefix, 8).unwrap();
+        let store = Store::new(REDIS_URL, &prefix).unwrap();
         store
             .ping()
             .await
@@ -199,7 +199,7 @@ impl Drop for TestEnv {
                 {
                     let _ = topology.delete(&conn).await;
                 }
-                if let Ok(store) = Store::new(REDIS_URL, &prefix, 1) {
+                if let Ok(store) = Store::new(REDIS_URL, &prefix) {
                     let _ = store.delete_all().await;
                 }
             });
@@ -616,7 +616,7 @@ impl TestRedis {
         wait_until("the test Redis to answer", Duration::from_secs(10), || {
             let url = url.clone();
             async move {
-                let store = Store::new(&url, "probe.", 1).ok()?;
+                let store = Store::new(&url, "probe.").ok()?;
                 store.ping().await.ok()
             }
         })

@@ -440,6 +440,65 @@ async fn the_fourth_webhook_is_refused_even_when_created_concurrently() {
     env.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_every_gateway_replica() {
+    let env = TestEnv::new("revoke").await;
+    let gateway = env.start_gateway(env.gateway_config()).await;
+    let second = env.start_gateway(env.gateway_config()).await;
+    let (api, api2) = (Api::new(&gateway), Api::new(&second));
+    let acme = api.tenant("acme").await;
+    let key = key_with(&api, &acme, json!(["read"])).await;
+    // Both replicas have used (and may keep) the key.
+    for a in [&api, &api2] {
+        for _ in 0..3 {
+            assert_eq!(a.get("/v1/webhooks", &key).await.0, 200);
+        }
+    }
+    let (_, keys) = api
+        .get(&format!("/v1/tenants/{}/keys", acme.id), ADMIN_TOKEN)
+        .await;
+    let key_id = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["scopes"] == json!(["read"]))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api
+        .delete(
+            &format!("/v1/tenants/{}/keys/{key_id}", acme.id),
+            ADMIN_TOKEN,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(api.get("/v1/webhooks", &key).await.0, 401, "at once here");
+    wait_until(
+        "the other replica to refuse the key",
+        Duration::from_secs(2),
+        || async { (api2.get("/v1/webhooks", &key).await.0 == 401).then_some(()) },
+    )
+    .await;
+
+    // Deleting the tenant ends its other keys everywhere too.
+    assert_eq!(api2.get("/v1/webhooks", &acme.key).await.0, 200);
+    let (status, _) = api
+        .delete(&format!("/v1/tenants/{}", acme.id), ADMIN_TOKEN)
+        .await;
+    assert_eq!(status, 204);
+    wait_until(
+        "the other replica to refuse the deleted tenant's key",
+        Duration::from_secs(2),
+        || async { (api2.get("/v1/webhooks", &acme.key).await.0 == 401).then_some(()) },
+    )
+    .await;
+
+    second.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+    env.cleanup().await;
+}
+
 /// Sends a fresh Prospect event every 100 ms until `arrived` holds, at most `within`.
 async fn until_delivered(
     api: &Api,

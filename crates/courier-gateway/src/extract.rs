@@ -48,7 +48,6 @@ impl FromRequestParts<AppState> for TenantKey {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
         state
-            .store
             .api_key(key)
             .await?
             .map(TenantKey)
@@ -188,7 +187,6 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller::Operator);
         }
         state
-            .store
             .api_key(token)
             .await?
             .map(Caller::Tenant)

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use courier_broker::{Broker, BrokerSettings, Topology};
+use courier_store::cache::ConfigCache;
 use courier_store::Store;
 use courier_telemetry::Profile;
 use sha2::{Digest, Sha256};
@@ -63,8 +64,7 @@ pub async fn run(
     .context("setting up tracing")?;
     let catalog = config.shared.catalog()?;
     let shared = &config.shared;
-    let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?
-        .with_keyring(shared.keyring()?);
+    let store = Store::new(&shared.redis_url, &shared.prefix)?.with_keyring(shared.keyring()?);
     courier_telemetry::settings::check_eviction_policy(
         store.eviction_policy().await,
         shared.profile,
@@ -99,7 +99,12 @@ pub async fn run(
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
             traces: traces.clone(),
             metrics: metrics::Metrics::default(),
+            api_keys: ConfigCache::new(state::CACHED_API_KEYS, state::API_KEY_MAX_AGE),
         }),
+    };
+    let following = {
+        let (state, stop) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move { state.api_keys.follow(&state.store, stop).await })
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
@@ -108,6 +113,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("serving HTTP")?;
+    let _ = following.await;
     publisher.close().await;
     broker.shutdown().await;
     traces.shutdown().await;

@@ -46,7 +46,7 @@ pub async fn run(config: &GatewayConfig, command: &Command) -> anyhow::Result<()
 /// Re-encrypts every webhook record of the deployment under the newest key.
 pub async fn reencrypt_secrets(config: &GatewayConfig) -> anyhow::Result<ReencryptReport> {
     let shared = &config.shared;
-    let store = Store::new(&shared.redis_url, &shared.prefix, 2)?.with_keyring(shared.keyring()?);
+    let store = Store::new(&shared.redis_url, &shared.prefix)?.with_keyring(shared.keyring()?);
     store
         .reencrypt_webhooks()
         .await

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use courier_broker::{Publisher, Topology};
 use courier_core::catalog::Catalog;
 use courier_core::retry::RetryDefaults;
+use courier_core::tenant::{hash_api_key, ApiKeyRecord};
 use courier_core::webhook::{Rules, UrlPolicy};
-use courier_store::Store;
+use courier_store::cache::ConfigCache;
+use courier_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
 /// Shared state of one gateway instance.
@@ -35,7 +37,16 @@ pub struct Inner {
     /// Events per second each tenant may ingest (`COURIER_TENANT_RATE_LIMIT`);
     /// `None` is unlimited.
     pub tenant_rate_limit: Option<courier_store::Bucket>,
+    /// API keys by the hash of their plaintext, so that a request costs no Redis
+    /// round trip to authenticate; a revoked key (or deleted tenant) is announced
+    /// on the configuration channel and dropped at once.
+    pub api_keys: ConfigCache<String, ApiKeyRecord>,
 }
+
+/// API keys a gateway keeps; past it the cache starts over.
+pub const CACHED_API_KEYS: usize = 10_000;
+/// How long a key is kept without an announced change.
+pub const API_KEY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -52,6 +63,16 @@ impl Inner {
             urls: &self.url_policy,
             retry: &self.retry_defaults,
         }
+    }
+
+    /// The record of a presented tenant API key, if it is a valid one.
+    pub async fn api_key(&self, presented: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.api_keys
+            .get(&hash_api_key(presented), || async {
+                let record = self.store.api_key(presented).await?;
+                Ok(record.map(|r| (r.tenant_id.clone(), r)))
+            })
+            .await
     }
 
     pub fn is_admin_token(&self, presented: &str) -> bool {

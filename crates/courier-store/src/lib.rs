@@ -1,6 +1,8 @@
 //! Courier's Redis adapter.
 //!
 //! - [`batch`]: the batch accumulator of throttled webhooks.
+//! - [`cache`]: in-process caches of configuration, kept fresh by the configuration
+//!   channel.
 //! - [`keys`]: every key name, under the deployment's prefix.
 //! - [`scripts`]: the Lua scripts that make multi-key updates atomic; they take the
 //!   time from Redis `TIME`, never from a replica's clock.
@@ -11,9 +13,11 @@
 //!   values encrypted at rest, and their re-encryption under the newest key.
 //! - [`ratelimit`]: the per-tenant ingest token bucket shared by gateway replicas.
 //!
-//! [`Store`] is the one handle both services use: a pool plus the key names.
+//! [`Store`] is the one handle both services use: one multiplexed connection plus
+//! the key names.
 
 pub mod batch;
+pub mod cache;
 pub mod history;
 pub mod keys;
 pub mod log;
@@ -22,7 +26,10 @@ pub mod repo;
 mod scripts;
 pub mod sealed;
 
-use deadpool_redis::{Config, Pool, Runtime};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use history::{BatchAttempts, DeadLetterEntry, DeliverySummary, IndexCursor, Page, Span};
 pub use keys::Keys;
@@ -36,8 +43,6 @@ pub use sealed::ReencryptReport;
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("redis configuration: {0}")]
     Config(String),
     #[error("stored data is not readable: {0}")]
@@ -69,35 +74,93 @@ impl RedisHealth {
 /// A handle on the deployment's Redis data. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    redis: Redis,
     keys: Keys,
     url: String,
     /// Seals and opens webhook signing secrets and custom header values.
     keyring: sealed::SharedKeyring,
 }
 
-impl Store {
-    /// Builds the pool; connections are made on first use. Secrets are sealed with
-    /// the dev profile's fixed key until [`Store::with_keyring`] gives the
-    /// deployment's keyring (both services always do).
-    pub fn new(url: &str, prefix: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let mut config = Config::from_url(url);
-        config.pool = Some(deadpool_redis::PoolConfig::new(max_connections));
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+/// How long a connection attempt may take before the command that needed it fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may wait for its answer: a Redis that stops answering (a cut
+/// network) fails commands instead of hanging the callers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One multiplexed connection shared by every task of the process, made on first
+/// use and remade by redis-rs's [`ConnectionManager`] after it breaks.
+///
+/// Commands from concurrent tasks are pipelined on the one socket, so a command
+/// costs no checkout: a pool of connections would pay a round trip per checkout
+/// to check the connection (deadpool-redis sends UNWATCH and PING) and spread the
+/// same commands over many sockets. No caller needs a connection of its own (no
+/// MULTI/WATCH, no blocking command); pub/sub has its own.
+#[derive(Clone)]
+struct Redis {
+    client: redis::Client,
+    conn: Arc<tokio::sync::OnceCell<ConnectionManager>>,
+}
+
+impl Redis {
+    fn new(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            pool,
+            client: redis::Client::open(url)?,
+            conn: Arc::new(tokio::sync::OnceCell::new()),
+        })
+    }
+
+    /// The shared connection; while Redis is unreachable each call fails fast
+    /// (one connection attempt at a time) and the manager keeps trying to reconnect.
+    async fn get(&self) -> Result<Conn, StoreError> {
+        let manager = self
+            .conn
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_max_delay(500)
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT);
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(Conn(manager.clone()))
+    }
+}
+
+/// A handle on the shared connection, used as `&mut *conn` in commands.
+struct Conn(ConnectionManager);
+
+impl std::ops::Deref for Conn {
+    type Target = ConnectionManager;
+
+    fn deref(&self) -> &ConnectionManager {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ConnectionManager {
+        &mut self.0
+    }
+}
+
+impl Store {
+    /// A store on the Redis at `url`; the connection is made on first use. Secrets
+    /// are sealed with the dev profile's fixed key until [`Store::with_keyring`]
+    /// gives the deployment's keyring (both services always do).
+    pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            redis: Redis::new(url)?,
             keys: Keys::new(prefix),
             url: url.to_owned(),
-            keyring: std::sync::Arc::new(courier_core::keyring::Keyring::dev()),
+            keyring: Arc::new(courier_core::keyring::Keyring::dev()),
         })
     }
 
     /// The same store sealing webhook secrets and header values with `keyring`
     /// (newest key first).
     pub fn with_keyring(mut self, keyring: courier_core::keyring::Keyring) -> Self {
-        self.keyring = std::sync::Arc::new(keyring);
+        self.keyring = Arc::new(keyring);
         self
     }
 
@@ -105,8 +168,8 @@ impl Store {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        self.redis.get().await
     }
 
     /// The tenant ids of configuration changes as they are announced, on a

@@ -75,7 +75,8 @@ return 1
     )
 });
 
-/// KEYS: tenant keys, audit, audit-all. ARGV: key id, api key prefix, entry.
+/// KEYS: tenant keys, audit, audit-all. ARGV: key id, api key prefix, entry, config
+/// channel, tenant. The announcement makes gateways drop the key from their caches.
 static REVOKE_API_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -84,6 +85,7 @@ if not hash then return 0 end
 redis.call('DEL', ARGV[2] .. hash)
 redis.call('HDEL', KEYS[1], ARGV[1])
 audit(KEYS[2], KEYS[3], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 ",
     )
@@ -316,6 +318,8 @@ impl Store {
             .arg(key_id)
             .arg(self.keys.api_key_prefix())
             .arg(encode(audit))
+            .arg(self.keys.config_channel())
+            .arg(tenant.as_str())
             .invoke_async(&mut *conn)
             .await?;
         Ok(revoked == 1)

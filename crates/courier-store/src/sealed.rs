@@ -232,7 +232,7 @@ impl Store {
                     Ok(Resealed::Done) => report.reencrypted += 1,
                     Ok(Resealed::AlreadyCurrent) => report.current += 1,
                     Ok(Resealed::Gone) => report.scanned -= 1,
-                    Err(e @ (StoreError::Redis(_) | StoreError::Pool(_))) => return Err(e),
+                    Err(e @ StoreError::Redis(_)) => return Err(e),
                     Err(e) => {
                         tracing::warn!(key = %key, error = %e, "could not re-encrypt a webhook record");
                         report.failed += 1;

@@ -69,10 +69,6 @@ pub struct SharedSettings {
     #[arg(long, env = "COURIER_MAX_ATTEMPTS_LIMIT", default_value_t = 5)]
     pub max_attempts_limit: u32,
 
-    /// Most Redis connections one process opens.
-    #[arg(long, env = "COURIER_REDIS_POOL_SIZE", default_value_t = 32)]
-    pub redis_pool_size: usize,
-
     /// Address ranges deliveries may go to although they are not globally routable
     /// (e.g. `10.20.0.0/16,fd00:1::/64`): every other loopback, private, link-local,
     /// CGNAT, unique-local, multicast, documentation or reserved address is refused
@@ -100,7 +96,6 @@ impl fmt::Debug for SharedSettings {
             .field("prefix", &self.prefix)
             .field("log_format", &self.log_format)
             .field("catalog_path", &self.catalog_path)
-            .field("redis_pool_size", &self.redis_pool_size)
             .field("allowed_target_cidrs", &self.allowed_target_cidrs.0)
             .field("secret_keys", &self.secret_keys)
             .field("traces", &self.traces)
@@ -120,7 +115,6 @@ impl SharedSettings {
             catalog_path: None,
             retry_schedule: courier_core::retry::RetryDefaults::default().schedule,
             max_attempts_limit: 5,
-            redis_pool_size: 16,
             allowed_target_cidrs: TargetCidrs::default(),
             secret_keys: None,
             traces: crate::traces::TraceSettings::default(),

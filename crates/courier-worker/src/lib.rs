@@ -94,8 +94,7 @@ pub async fn run(
     )
     .context("setting up tracing")?;
     let catalog = shared.catalog()?;
-    let store = Store::new(&shared.redis_url, &shared.prefix, shared.redis_pool_size)?
-        .with_keyring(shared.keyring()?);
+    let store = Store::new(&shared.redis_url, &shared.prefix)?.with_keyring(shared.keyring()?);
     courier_telemetry::settings::check_eviction_policy(
         store.eviction_policy().await,
         shared.profile,

@@ -302,6 +302,8 @@ async fn delete(
         None,
     );
     if state.store.delete_tenant(&tid, &audit).await? {
+        // Other replicas drop the tenant's keys on the announcement; this one now.
+        state.api_keys.forget_tenant(&tid);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("tenant {id} not found")))
@@ -382,6 +384,8 @@ async fn revoke_key(
         None,
     );
     if state.store.revoke_api_key(&tid, &key_id, &audit).await? {
+        // Other replicas drop the key on the announcement; this one now.
+        state.api_keys.forget_tenant(&tid);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
