@@ -3,6 +3,12 @@ use clap::Parser as _;
 use courier_gateway::GatewayConfig;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc: every message allocates many small, short-lived buffers (frames, JSON,
+/// headers) on one thread and frees them on another; the system allocator spent
+/// about a third of the worker's CPU on that (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = GatewayConfig::parse();
