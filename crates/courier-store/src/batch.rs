@@ -78,16 +78,23 @@ local list = p .. 'batch:' .. wh
 local meta = p .. 'batch-meta:' .. wh
 local out = {'waiting'}
 -- Events of an older generation never share a batch with newer ones.
-local gen = redis.call('HGET', meta, 'generation')
+local known = redis.call('HMGET', meta, 'generation', 'n')
+local gen = known[1]
 if gen and gen ~= ARGV[9] then
   while redis.call('LLEN', list) > 0 do
     out[#out + 1] = cut(p, wh, math.max(n, 1), now, timeout, lease)
   end
 end
-redis.call('HSET', meta, 'tenant', ARGV[8], 'generation', ARGV[9], 'n', n)
-redis.call('SADD', p .. 'batch-tenant:' .. ARGV[8], wh)
+if gen ~= ARGV[9] or tonumber(known[2]) ~= n then
+  redis.call('HSET', meta, 'tenant', ARGV[8], 'generation', ARGV[9], 'n', n)
+end
 local len = redis.call('RPUSH', list, now .. '|' .. ARGV[4])
-if len == 1 then redis.call('ZADD', p .. 'batch-due', now + timeout, wh) end
+-- A webhook is listed under its tenant while events wait (the cut that empties
+-- its list takes it off), and has a deadline.
+if len == 1 then
+  redis.call('ZADD', p .. 'batch-due', now + timeout, wh)
+  redis.call('SADD', p .. 'batch-tenant:' .. ARGV[8], wh)
+end
 if len >= n then
   out[1] = 'cut'
   out[#out + 1] = cut(p, wh, n, now, timeout, lease)

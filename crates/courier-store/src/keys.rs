@@ -35,6 +35,13 @@ impl Keys {
         format!("{}tenant:{t}:webhooks", self.base)
     }
 
+    /// Set of the ids of a tenant's webhooks deleted within the last day, so that
+    /// the fan-out can end what a deleted webhook left in flight (see
+    /// [`crate::Store::lost_attempts`]).
+    pub fn deleted_webhooks(&self, t: &TenantId) -> String {
+        format!("{}tenant:{t}:webhooks-deleted", self.base)
+    }
+
     /// Every tenant id, by creation time (sorted set, score in ms).
     pub fn tenants(&self) -> String {
         format!("{}tenants", self.base)

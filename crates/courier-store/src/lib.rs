@@ -79,6 +79,8 @@ pub struct Store {
     url: String,
     /// Seals and opens webhook signing secrets and custom header values.
     keyring: sealed::SharedKeyring,
+    /// Claims made through this store, to trim log indexes every so often.
+    claims: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a connection attempt may take before the command that needed it fails.
@@ -154,6 +156,7 @@ impl Store {
             keys: Keys::new(prefix),
             url: url.to_owned(),
             keyring: Arc::new(courier_core::keyring::Keyring::dev()),
+            claims: Arc::default(),
         })
     }
 

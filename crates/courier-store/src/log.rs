@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use courier_core::delivery::{AttemptRecord, DeliveryStatus};
-use courier_core::envelope::DeliveryJob;
-use courier_core::ids::{BatchId, TenantId, WebhookId};
+use courier_core::envelope::{DeliveryJob, StoredEnvelope};
+use courier_core::ids::{BatchId, EventId, TenantId, WebhookId};
 use redis::AsyncCommands;
 
 use crate::{scripts, Store, StoreError};
@@ -83,6 +83,8 @@ impl Store {
             .arg(job.series)
             .arg(job.batch_id.to_string())
             .arg(req.retention.as_secs().max(1))
+            .arg(if self.trim_due() { "1" } else { "0" })
+            .arg(job.generation)
             .invoke_async(&mut *conn)
             .await?;
         Ok(match state.as_str() {
@@ -214,10 +216,82 @@ impl Store {
         Ok(moved == 1)
     }
 
+    /// The first attempts of `event` to `webhooks` that were claimed and never
+    /// ended: log records still `pending`, whose attempt was lost with the worker
+    /// making it (or the broker connection it would have acked on). Each comes back
+    /// as the job of that attempt, under the generation it was created with, so that
+    /// it runs again, or ends `cancelled` if its webhook is gone or changed.
+    /// Webhooks deleted within the last day are looked at too. Only attempts made
+    /// straight from the fan-out can be lost this way: a queued job is redelivered
+    /// by the broker itself.
+    pub async fn lost_attempts(
+        &self,
+        tenant: &TenantId,
+        event: &EventId,
+        webhooks: &[WebhookId],
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        let mut conn = self.conn().await?;
+        let deleted: Vec<String> = conn.smembers(self.keys.deleted_webhooks(tenant)).await?;
+        let candidates: Vec<WebhookId> = webhooks
+            .iter()
+            .cloned()
+            .chain(deleted.iter().filter_map(|id| WebhookId::parse(id).ok()))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for w in &candidates {
+            pipe.cmd("HMGET")
+                .arg(self.keys.log(&BatchId::for_single(w, event)))
+                .arg(&["status", "series", "generation", "tenant", "payload"][..]);
+        }
+        let records: Vec<Vec<Option<String>>> = pipe.query_async(&mut *conn).await?;
+        let now = Utc::now();
+        let mut lost = Vec::new();
+        for (webhook, fields) in candidates.into_iter().zip(records) {
+            let [Some(status), Some(series), generation, Some(owner), Some(payload)] =
+                <[Option<String>; 5]>::try_from(fields).unwrap_or_default()
+            else {
+                continue;
+            };
+            if status != DeliveryStatus::Pending.as_str() || owner != tenant.as_str() {
+                continue;
+            }
+            let (Ok(series), Ok(stored)) = (series.parse(), StoredEnvelope::parse(&payload)) else {
+                tracing::warn!(%webhook, event = %event, "skipping an unreadable delivery log record");
+                continue;
+            };
+            let generation = generation.and_then(|g| g.parse().ok()).unwrap_or(0);
+            lost.push(DeliveryJob::replay(
+                stored,
+                tenant.clone(),
+                webhook,
+                generation,
+                series,
+                now,
+            ));
+        }
+        Ok(lost)
+    }
+
     /// Whether a log record exists (cheap existence check for tests and the API).
     pub async fn has_delivery(&self, batch: &BatchId) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         Ok(conn.exists(self.keys.log(batch)).await?)
+    }
+}
+
+/// One claim of this many trims its webhook's log index of entries past the
+/// retention; trimming on every claim would cost each delivery another command.
+const TRIM_EVERY: u64 = 16;
+
+impl Store {
+    fn trim_due(&self) -> bool {
+        self.claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % TRIM_EVERY
+            == 0
     }
 }
 

@@ -45,14 +45,23 @@ return 1
     )
 });
 
-/// KEYS: tenant, tenants index, tenant keys, tenant webhooks, audit, audit-all.
-/// ARGV: id, api key prefix, webhook prefix, config channel, entry.
+/// How long the id of a deleted webhook is remembered (seconds): a day, the dedupe
+/// window, is far longer than an event can wait to be redelivered.
+const DELETED_REMEMBERED: u64 = 24 * 3600;
+
+/// KEYS: tenant, tenants index, tenant keys, tenant webhooks, audit, audit-all,
+/// deleted webhooks. ARGV: id, api key prefix, webhook prefix, config channel,
+/// entry, remembered s.
 static DELETE_TENANT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for _, hash in ipairs(redis.call('HVALS', KEYS[3])) do redis.call('DEL', ARGV[2] .. hash) end
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', ARGV[3] .. id) end
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  redis.call('DEL', ARGV[3] .. id)
+  redis.call('SADD', KEYS[7], id)
+  redis.call('EXPIRE', KEYS[7], ARGV[6])
+end
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 audit(KEYS[5], KEYS[6], ARGV[5])
@@ -107,9 +116,11 @@ return 1
     )
 });
 
-/// Compare-and-set of a webhook record; an empty new value deletes it.
-/// KEYS: webhook, tenant webhooks, audit, audit-all.
-/// ARGV: expected JSON, new JSON or '', webhook id, config channel, tenant, entry.
+/// Compare-and-set of a webhook record; an empty new value deletes it (and
+/// remembers its id among the tenant's deleted webhooks).
+/// KEYS: webhook, tenant webhooks, audit, audit-all, deleted webhooks.
+/// ARGV: expected JSON, new JSON or '', webhook id, config channel, tenant, entry,
+/// remembered s.
 /// Returns 1 if applied, 0 if the record changed meanwhile (or is gone).
 static SWAP_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -118,6 +129,8 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[2], ARGV[3])
+  redis.call('SADD', KEYS[5], ARGV[3])
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
@@ -239,11 +252,13 @@ impl Store {
             .key(self.keys.tenant_webhooks(id))
             .key(self.keys.audit(id))
             .key(self.keys.audit_all())
+            .key(self.keys.deleted_webhooks(id))
             .arg(id.as_str())
             .arg(self.keys.api_key_prefix())
             .arg(self.keys.webhook_prefix())
             .arg(self.keys.config_channel())
             .arg(encode(audit))
+            .arg(DELETED_REMEMBERED)
             .invoke_async(&mut *conn)
             .await?;
         Ok(deleted == 1)
@@ -386,6 +401,7 @@ impl Store {
             .key(self.keys.tenant_webhooks(&wh.tenant_id))
             .key(self.keys.audit(&wh.tenant_id))
             .key(self.keys.audit_all())
+            .key(self.keys.deleted_webhooks(&wh.tenant_id))
             .arg(&current.raw)
             .arg(
                 next.map(|w| seal_webhook(&self.keyring, w))
@@ -395,6 +411,7 @@ impl Store {
             .arg(self.keys.config_channel())
             .arg(wh.tenant_id.as_str())
             .arg(encode(audit))
+            .arg(DELETED_REMEMBERED)
             .invoke_async(&mut *conn)
             .await?;
         Ok(applied == 1)

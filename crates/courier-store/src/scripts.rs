@@ -20,39 +20,51 @@ return out
 
 /// Claims an attempt and makes sure the log record exists for its series.
 /// KEYS: claim, log record, log index, tenant's dead letters. ARGV: holder, lease ms,
-/// tenant, webhook id, event ids JSON, payload, series, batch id, retention s.
+/// tenant, webhook id, event ids JSON, payload, series, batch id, retention s,
+/// trim ('1' also drops index entries older than the retention), the webhook
+/// generation the work was created under.
 /// Returns {'claimed'|'done'|'busy'|'superseded', pttl}: 'done' also when the series
 /// has already ended, 'superseded' when a newer series (a replay) has started. A new
 /// series resets the record to `pending` and takes the batch off the dead letters.
+///
+/// Every `redis.call` costs a few microseconds of Redis's one thread, and this runs
+/// once per attempt: a first attempt (no record yet) makes eight, a retry four.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
 if cur == 'done' then return {'done', 0} end
 local series = tonumber(ARGV[7])
-local logged = tonumber(redis.call('HGET', KEYS[2], 'series') or '0')
+local rec = redis.call('HMGET', KEYS[2], 'series', 'status')
+local logged = tonumber(rec[1] or '0')
 if logged > series then return {'superseded', 0} end
-if logged == series then
-  local status = redis.call('HGET', KEYS[2], 'status')
-  if status == 'delivered' or status == 'failed' or status == 'cancelled' then return {'done', 0} end
+if logged == series and (rec[2] == 'delivered' or rec[2] == 'failed' or rec[2] == 'cancelled') then
+  return {'done', 0}
 end
 if cur and cur ~= ARGV[1] then return {'busy', redis.call('PTTL', KEYS[1])} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if logged < series then
-  if redis.call('HSETNX', KEYS[2], 'createdAt', now) == 1 then
-    redis.call('ZADD', KEYS[3], now, ARGV[8])
-  end
-  redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'webhookId', ARGV[4], 'eventIds', ARGV[5],
-    'payload', ARGV[6], 'series', series, 'status', 'pending', 'updatedAt', now)
-  redis.call('HDEL', KEYS[2], 'reason')
-  redis.call('ZREM', KEYS[4], ARGV[8])
-end
 local retention = tonumber(ARGV[9])
+if logged < series then
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  if logged == 0 then
+    redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'webhookId', ARGV[4], 'eventIds', ARGV[5],
+      'payload', ARGV[6], 'series', series, 'status', 'pending', 'generation', ARGV[11],
+      'createdAt', now, 'updatedAt', now)
+    redis.call('ZADD', KEYS[3], now, ARGV[8])
+    redis.call('EXPIRE', KEYS[3], retention)
+    if ARGV[10] == '1' then
+      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention * 1000)
+    end
+  else
+    redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'webhookId', ARGV[4], 'eventIds', ARGV[5],
+      'payload', ARGV[6], 'series', series, 'status', 'pending', 'generation', ARGV[11],
+      'updatedAt', now)
+    redis.call('HDEL', KEYS[2], 'reason')
+    redis.call('ZREM', KEYS[4], ARGV[8])
+  end
+end
 redis.call('EXPIRE', KEYS[2], retention)
-redis.call('EXPIRE', KEYS[3], retention)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention * 1000)
 return {'claimed', 0}
 ",
     )
@@ -62,7 +74,8 @@ return {'claimed', 0}
 /// KEYS: claim, log record, attempts list, tenant's dead letters. ARGV: attempt JSON
 /// ('' for none), status, series, claim TTL s, retention s, reason, batch id.
 /// The status moves only forward within the record's current series; a batch that
-/// becomes `failed` keeps the reason and joins the tenant's dead letters.
+/// becomes `failed` keeps the reason and joins the tenant's dead letters. (The
+/// record's expiry was renewed by the attempt's claim.)
 /// Returns 1 if the status was applied.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -74,19 +87,20 @@ if ARGV[1] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[3], retention)
 end
-if tonumber(redis.call('HGET', KEYS[2], 'series') or '0') ~= tonumber(ARGV[3]) then return 0 end
-local cur = redis.call('HGET', KEYS[2], 'status') or 'pending'
+local rec = redis.call('HMGET', KEYS[2], 'series', 'status')
+if tonumber(rec[1] or '0') ~= tonumber(ARGV[3]) then return 0 end
+local cur = rec[2] or 'pending'
 if rank[cur] == 2 or rank[ARGV[2]] < rank[cur] then return 0 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updatedAt', now)
 if ARGV[2] == 'failed' then
-  redis.call('HSET', KEYS[2], 'reason', ARGV[6])
+  redis.call('HSET', KEYS[2], 'status', 'failed', 'updatedAt', now, 'reason', ARGV[6])
   redis.call('ZADD', KEYS[4], now, ARGV[7])
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - retention * 1000)
   redis.call('EXPIRE', KEYS[4], retention)
+else
+  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updatedAt', now)
 end
-redis.call('EXPIRE', KEYS[2], retention)
 return 1
 ",
     )
