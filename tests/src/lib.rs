@@ -328,14 +328,6 @@ impl Service {
 /// Waits until `workers` together fanned out `want_events` events and consumed as
 /// many delivery jobs as they published (every job ended one way or another).
 pub async fn wait_idle(workers: &[&Service], want_events: u64) {
-    const ENDED: [&str; 6] = [
-        "delivered",
-        "failed",
-        "cancelled",
-        "duplicate",
-        "retry",
-        "parked",
-    ];
     wait_until(
         "the workers to finish their work",
         Duration::from_secs(30),
@@ -346,10 +338,7 @@ pub async fn wait_idle(workers: &[&Service], want_events: u64) {
                     .metric("courier_events_consumed_total{result=\"fanned_out\"}")
                     .await;
                 published += w.metric("courier_jobs_published_total").await;
-                for outcome in ENDED {
-                    let sample = format!("courier_deliveries_total{{outcome=\"{outcome}\"}}");
-                    consumed += w.metric(&sample).await;
-                }
+                consumed += w.metric("courier_jobs_consumed_total").await;
             }
             (fanned >= want_events && consumed >= published).then_some(())
         },

@@ -630,7 +630,32 @@ async fn disabling_a_webhook_stops_deliveries_on_every_worker_within_two_seconds
 
 #[tokio::test]
 async fn work_queued_before_a_webhook_is_disabled_ends_cancelled() {
-    let env = TestEnv::new("cancel").await;
+    work_under_way_ends_cancelled("cancel", |id| {
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/webhooks/{id}"),
+            Some(json!({"active": false})),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn work_under_way_when_a_webhook_is_deleted_ends_cancelled() {
+    work_under_way_ends_cancelled("deleted", |id| {
+        (reqwest::Method::DELETE, format!("/v1/webhooks/{id}"), None)
+    })
+    .await;
+}
+
+/// A worker claims an event's first attempt, then stops (abandoning the POST)
+/// before it ends; `change` disables or deletes the webhook; the next worker ends
+/// the attempt `cancelled`, never delivered.
+async fn work_under_way_ends_cancelled(
+    name: &str,
+    change: impl Fn(&str) -> (reqwest::Method, String, Option<Value>),
+) {
+    let env = TestEnv::new(name).await;
     let gateway = env.start_gateway(env.gateway_config()).await;
     let receiver = TestReceiver::start().await;
     let api = Api::new(&gateway);
@@ -642,34 +667,30 @@ async fn work_queued_before_a_webhook_is_disabled_ends_cancelled() {
         )
         .await;
     let id = wh["id"].as_str().unwrap();
-    // A worker claims the job, then stops (abandoning the POST) before it ends.
     let mut config = env.worker_config();
     config.shutdown_grace = Duration::from_millis(100);
     let worker = env.start_worker(config).await;
     receiver.set(courier_tests::Behaviour::Stall(Duration::from_secs(60)));
     let (status, _) = api.send(&acme, &prospect_created("queued")).await;
     assert_eq!(status, 202);
-    wait_until("the job to be claimed", Duration::from_secs(10), || async {
-        (receiver.count() == 1).then_some(())
-    })
+    wait_until(
+        "the attempt to be claimed",
+        Duration::from_secs(10),
+        || async { (receiver.count() == 1).then_some(()) },
+    )
     .await;
     worker.stop().await.unwrap();
 
-    let (status, _) = api
-        .patch(
-            &format!("/v1/webhooks/{id}"),
-            &acme.key,
-            &json!({"active": false}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let (method, path, body) = change(id);
+    let (status, answer) = api.call(method, &path, &acme.key, body.as_ref()).await;
+    assert!((200..300).contains(&status), "{status} {answer}");
     receiver.set(courier_tests::Behaviour::Status(200));
     let worker = env.start_worker(env.worker_config()).await;
     let batch = courier_core::ids::BatchId::for_single(
         &courier_core::ids::WebhookId::parse(id).unwrap(),
         &courier_core::ids::EventId::parse("queued").unwrap(),
     );
-    // The abandoned attempt's lease (timeout + margin) expires before the job runs again.
+    // The abandoned attempt's lease (timeout + margin) expires before it runs again.
     let status = wait_until("the batch to end", Duration::from_secs(30), || async {
         let r = env.store.delivery(&batch).await.unwrap()?;
         r.status.is_final().then_some(r.status)
@@ -677,6 +698,7 @@ async fn work_queued_before_a_webhook_is_disabled_ends_cancelled() {
     .await;
     let record = env.store.delivery(&batch).await.unwrap().unwrap();
     assert_eq!(status.as_str(), "cancelled", "{:?}", record.attempts);
+    assert_eq!(receiver.count(), 1, "nothing more was sent");
 
     worker.stop().await.unwrap();
     gateway.stop().await.unwrap();

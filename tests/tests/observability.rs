@@ -402,10 +402,13 @@ async fn metrics_count_deliveries_retries_dead_letters_and_rejections() {
         ),
         ("courier_event_delivered_latency_seconds_count", 5),
         ("courier_deliveries_in_flight", 0),
+        // Fresh events were attempted straight from the fan-out: no delivery job
+        // went through the broker; only the retries did (through the ladder).
         (
             "courier_publish_confirm_duration_seconds_count{destination=\"deliveries\"}",
-            6,
+            0,
         ),
+        ("courier_jobs_published_total", 2),
         ("courier_redis_errors_total", 0),
     ] {
         assert_eq!(metric(w, sample).await, want, "worker: {sample}");

@@ -25,7 +25,9 @@ pub struct WorkerConfig {
     )]
     pub admin_addr: SocketAddr,
 
-    /// Unacknowledged messages the broker hands each consumer at once.
+    /// Messages the broker hands each consumer beyond those it is working on, so
+    /// that the next one is at hand when one ends (a consumer's prefetch is its
+    /// concurrency plus this).
     #[arg(long, env = "COURIER_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
 

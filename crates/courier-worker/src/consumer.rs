@@ -38,7 +38,9 @@ const RETRY_CAP: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ConsumeSettings {
     pub queue: String,
-    /// Unacked messages the broker hands this consumer at once.
+    /// Messages the broker hands this consumer beyond the ones its handlers work
+    /// on, so that a handler that ends finds the next message at hand instead of
+    /// waiting for the broker to send one.
     pub prefetch: u16,
     /// Handlers running at once.
     pub concurrency: usize,
@@ -123,8 +125,15 @@ impl Session<'_> {
     {
         let queue = &self.settings.queue;
         let channel: Channel = conn.create_channel().await?;
+        let unacked = self
+            .settings
+            .concurrency
+            .saturating_add(usize::from(self.settings.prefetch));
         channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(
+                u16::try_from(unacked).unwrap_or(u16::MAX),
+                BasicQosOptions::default(),
+            )
             .await?;
         let tag = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
         let mut consumer = channel

@@ -1,6 +1,8 @@
-//! The delivery stage: one job (a batch for one webhook) in, one claimed, signed,
-//! logged POST out, and after a temporary failure the next attempt on its way
-//! through the delay ladder.
+//! Delivery attempts: a batch for one webhook in, one claimed, signed, logged POST
+//! out, and after a temporary failure the next attempt on its way through the delay
+//! ladder. An attempt starts from a job of `courier.deliveries` ([`handle`]), or
+//! straight from the fan-out for a fresh event when a slot is free ([`now`]), which
+//! spares the event a second trip through the broker.
 //!
 //! The order of effects is what makes a retry safe: the next attempt is published
 //! and confirmed, then this attempt is recorded (`retrying`), then the job is acked.
@@ -20,12 +22,14 @@ use courier_core::delivery::{
 };
 use courier_core::envelope::DeliveryJob;
 use courier_core::retry::RetryPolicy;
+use courier_core::webhook::Webhook;
 use courier_store::{Claim, ClaimRequest, StoreError};
 use opentelemetry::KeyValue;
 
 use crate::carry::Carried;
 use crate::consumer::Settle;
 use crate::fanout::park;
+use crate::inflight::Slot;
 use crate::metrics::JobResult;
 use crate::observe::{server_attributes, AttemptOutcome, AttemptSpan, DeadReason};
 use crate::sender::Sent;
@@ -59,9 +63,9 @@ pub enum Outcome {
     Deferred,
 }
 
-/// Why a job could not be handled now; it goes back to the broker.
+/// Why a job could not be handled now; it is handled again after a pause.
 #[derive(Debug, thiserror::Error)]
-enum Unavailable {
+pub enum Unavailable {
     #[error("delivery log unavailable: {0}")]
     Store(#[from] StoreError),
     #[error("could not queue the next attempt: {0}")]
@@ -90,6 +94,9 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
         Ok(job) => job,
         Err(e) => {
             let settle = park(p, delivery, &format!("unparseable delivery job: {e}")).await;
+            if settle == Settle::Ack {
+                p.metrics.job_consumed();
+            }
             p.metrics.delivery(match settle {
                 Settle::Ack => JobResult::parked,
                 Settle::Retry => JobResult::paused,
@@ -102,11 +109,30 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
     span.record("webhook_id", job.webhook_id.as_str());
     span.record("series", job.series);
     span.record("attempt", job.attempt);
-    let holder = format!("{}:{}", p.instance, delivery.delivery_tag);
+    let holder = format!("{}:d{}", p.instance, delivery.delivery_tag);
     let carried = Carried::of(&delivery.properties);
-    match attempt(p, &job, &holder, &carried).await {
+    settle(p, queued(p, &job, &holder, &carried).await, Source::Job)
+}
+
+/// Where a delivery started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A job of `courier.deliveries`.
+    Job,
+    /// An event, straight from the fan-out.
+    Event,
+}
+
+/// Counts how handling a job (or a delivery from the fan-out) ended: the job is
+/// acked unless a dependency failed.
+pub fn settle(p: &Pipeline, handled: Result<Outcome, Unavailable>, source: Source) -> Settle {
+    match handled {
         Ok(outcome) => {
-            tracing::debug!(?outcome, "delivery job handled");
+            tracing::debug!(?outcome, "delivery handled");
+            let waits = matches!(outcome, Outcome::NotYetDue { .. } | Outcome::Deferred);
+            if source == Source::Job && !waits {
+                p.metrics.job_consumed();
+            }
             match outcome {
                 Outcome::Delivered => p.metrics.delivery(JobResult::delivered),
                 Outcome::Retry { .. } => p.metrics.delivery(JobResult::retry),
@@ -124,14 +150,16 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
             if matches!(e, Unavailable::Store(_)) {
                 p.metrics.flow.deps.redis_error();
             }
-            tracing::warn!(error = %e, "requeueing the delivery job");
+            tracing::warn!(error = %e, "delivery not handled; trying again after a pause");
             p.metrics.delivery(JobResult::paused);
             Settle::Retry
         }
     }
 }
 
-async fn attempt(
+/// A queued job: back into the ladder if it is early, around the smallest rung if
+/// its webhook has no free slot, else attempted.
+async fn queued(
     p: &Pipeline,
     job: &DeliveryJob,
     holder: &str,
@@ -145,16 +173,45 @@ async fn attempt(
     }
     tokio::time::sleep(remaining).await;
 
-    let webhook = p.webhooks.webhook(&job.tenant_id, &job.webhook_id).await?;
+    let webhooks = p.webhooks.tenant(&job.tenant_id).await?;
     // A webhook with its most deliveries in flight (a stalling endpoint) does not
     // get more of this worker's slots: the job comes back after the smallest rung.
-    let Some(_slot) = p.inflight.acquire_within(&job.webhook_id, SLOT_WAIT).await else {
+    let Some(slot) = p.inflight.acquire_within(&job.webhook_id, SLOT_WAIT).await else {
         schedule::defer(p, job, carried).await?;
         return Ok(Outcome::Deferred);
     };
+    let webhook = webhooks.iter().find(|w| w.id == job.webhook_id);
+    attempt(p, job, holder, carried, webhook, slot).await
+}
+
+/// Attempts a fresh job (attempt 1, due now) at once, from the fan-out, if its
+/// webhook and the worker have a free delivery slot; `None` leaves the job to be
+/// queued instead. `holder` names the consumed event, `carried` what its jobs
+/// would carry.
+pub async fn now(
+    p: &Pipeline,
+    job: &DeliveryJob,
+    holder: &str,
+    carried: &Carried,
+    webhook: &Webhook,
+) -> Option<Result<Outcome, Unavailable>> {
+    let slot = p.inflight.try_acquire(&job.webhook_id)?;
+    Some(attempt(p, job, holder, carried, Some(webhook), slot).await)
+}
+
+/// One attempt of `job` to `webhook` as configured now (`None`: deleted), holding
+/// `_slot` while it runs.
+async fn attempt(
+    p: &Pipeline,
+    job: &DeliveryJob,
+    holder: &str,
+    carried: &Carried,
+    webhook: Option<&Webhook>,
+    _slot: Slot,
+) -> Result<Outcome, Unavailable> {
     let span = AttemptSpan::start(p, job, carried);
     let body = Bytes::from(job.envelope().to_body());
-    let timeout = webhook.as_ref().map_or(Duration::ZERO, |w| {
+    let timeout = webhook.map_or(Duration::ZERO, |w| {
         Duration::from_millis(u64::from(w.timeout_ms))
     });
     let lease = timeout + LEASE_MARGIN;
@@ -200,7 +257,7 @@ async fn attempt(
     let trace = p.propagate_traceparent.then(|| p.traces.inject(span.cx()));
     let sent = {
         let _busy = p.metrics.flow.in_flight();
-        p.sender.post(&webhook, job, body, trace.as_ref()).await
+        p.sender.post(webhook, job, body, trace.as_ref()).await
     };
     let verdict = classify(&sent.result, policy.retry_client_errors);
     let permanent = matches!(verdict, Verdict::Permanent { .. });

@@ -1,4 +1,11 @@
-//! The fan-out stage: one event in, one delivery job per webhook that wants it out.
+//! The fan-out stage: one event in; for each webhook that wants it, a delivery.
+//!
+//! An event for a webhook without batching is attempted at once when the webhook
+//! and the worker have a free delivery slot: the POST runs here and the event is
+//! acked once it is recorded (or its retry is queued), exactly as a delivery job
+//! would have been, so the event spares a second trip through the broker. Without
+//! a free slot (a slow or stalling endpoint, a busy worker) it becomes a delivery
+//! job of `courier.deliveries`. Throttled webhooks' events go into their batches.
 
 use chrono::Utc;
 use courier_broker::dead::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
@@ -11,12 +18,14 @@ use courier_core::ids::BatchId;
 
 use courier_store::batch::Append;
 use courier_telemetry::metrics::{AmqpOperation, Destination};
+use futures::future::join_all;
 use opentelemetry::trace::{Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 
 use crate::batching::hand_on;
 use crate::carry::Carried;
 use crate::consumer::Settle;
+use crate::deliver;
 use crate::metrics::EventResult;
 use crate::observe::{self, DeadReason};
 use crate::Pipeline;
@@ -76,6 +85,12 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         }
     };
     let now = Utc::now();
+    let holder = format!("{}:e{}", p.instance, delivery.delivery_tag);
+    // A redelivered event may have had attempts under way when its worker died (or
+    // lost the broker): everything it gets goes through the queue then, where an
+    // attempt waits for a lost one's lease to end instead of holding this stage.
+    let redelivered = delivery.redelivered;
+    let mut at_once = Vec::new();
     let mut jobs = Vec::new();
     let mut cut = Vec::new();
     for w in webhooks
@@ -83,20 +98,22 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         .filter(|w| w.wants(&event.key, event.properties_updated.as_deref()))
     {
         if !w.throttling.batches() {
-            jobs.push((
-                DeliveryJob {
-                    batch_id: BatchId::for_single(&w.id, &event.id),
-                    tenant_id: event.tenant.clone(),
-                    webhook_id: w.id.clone(),
-                    generation: w.generation,
-                    series: 1,
-                    attempt: 1,
-                    created_at: now,
-                    due_at: now,
-                    events: vec![event.to_envelope_event()],
-                },
-                onward.clone(),
-            ));
+            let job = DeliveryJob {
+                batch_id: BatchId::for_single(&w.id, &event.id),
+                tenant_id: event.tenant.clone(),
+                webhook_id: w.id.clone(),
+                generation: w.generation,
+                series: 1,
+                attempt: 1,
+                created_at: now,
+                due_at: now,
+                events: vec![event.to_envelope_event()],
+            };
+            if redelivered {
+                jobs.push((job, onward.clone()));
+            } else {
+                at_once.push((job, w));
+            }
             continue;
         }
         let placed = p
@@ -122,9 +139,44 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
             }
         }
     }
+    if redelivered {
+        // Attempts this event started for webhooks that no longer take it alone
+        // (disabled, deleted, unsubscribed, now batching) must still end.
+        let others: Vec<_> = webhooks
+            .iter()
+            .filter(|w| !jobs.iter().any(|(j, _)| j.webhook_id == w.id))
+            .map(|w| w.id.clone())
+            .collect();
+        match p
+            .store
+            .lost_attempts(&event.tenant, &event.id, &others)
+            .await
+        {
+            Ok(lost) => jobs.extend(lost.into_iter().map(|job| (job, onward.clone()))),
+            Err(e) => {
+                p.metrics.flow.deps.redis_error();
+                tracing::warn!(error = %e, "could not look for lost attempts; requeueing the event");
+                p.metrics.event(EventResult::paused);
+                return Settle::Retry;
+            }
+        }
+    }
+    // Each attempt made here holds a delivery slot; what finds none is queued.
+    let attempts = at_once.iter().map(|(job, w)| async {
+        deliver::now(p, job, &holder, &onward, w)
+            .await
+            .map(|handled| deliver::settle(p, handled, deliver::Source::Event))
+    });
+    let mut delivered = true;
+    for ((job, _), settled) in at_once.iter().zip(join_all(attempts).await) {
+        match settled {
+            Some(settle) => delivered &= settle == Settle::Ack,
+            None => jobs.push((job.clone(), onward.clone())),
+        }
+    }
     // Batches this event completed are pending until handed on; if that fails here
     // their lease ends and another replica hands them on.
-    if publish_jobs(p, &jobs).await && hand_on(p, &cut).await {
+    if delivered && publish_jobs(p, &jobs).await && hand_on(p, &cut).await {
         tracing::debug!(jobs = jobs.len(), batches = cut.len(), "event fanned out");
         p.metrics.event(EventResult::fanned_out);
         Settle::Ack

@@ -2,13 +2,14 @@
 //!
 //! - [`config`]: the typed configuration (flags and `COURIER_*` variables).
 //! - [`consumer`]: the consume loop every stage shares (bounded, manual acks, orderly stop).
-//! - [`fanout`]: events in, one delivery job per interested webhook out.
-//! - [`deliver`]: a job in, a claimed, signed, logged POST out.
+//! - [`fanout`]: events in; for each interested webhook a delivery attempt at once,
+//!   a delivery job, or a place in its batch.
+//! - [`deliver`]: a delivery attempt: claimed, signed, logged POST.
 //! - [`schedule`]: jobs on their way, now or through the delay ladder (retries).
 //! - [`dead`]: parked delivery jobs marked `failed` in the log.
 //! - [`batching`]: throttled webhooks' batches: flushing due ones, taking over abandoned
 //!   ones, re-cutting after configuration changes.
-//! - [`inflight`]: the per-webhook cap on deliveries in flight.
+//! - [`inflight`]: the caps on deliveries in flight, in all and per webhook.
 //! - [`sender`]: the outbound HTTP request.
 //! - [`guard`]: where deliveries may connect (the target policy against SSRF) and
 //!   the egress proxy.
@@ -64,7 +65,7 @@ pub struct Pipeline {
     pub sender: sender::Sender,
     pub log_retention: Duration,
     pub metrics: metrics::Metrics,
-    /// Deliveries in flight per webhook, capped.
+    /// Deliveries in flight, capped in all and per webhook.
     pub inflight: inflight::InflightLimit,
     /// Production: a Redis that may evict keys makes the worker not ready.
     pub strict_redis: bool,
@@ -125,7 +126,10 @@ pub async fn run(
             .context("building the HTTP client")?,
         log_retention: config.log_retention,
         metrics: metrics::Metrics::default(),
-        inflight: inflight::InflightLimit::new(config.webhook_concurrency),
+        inflight: inflight::InflightLimit::new(
+            config.webhook_concurrency,
+            config.delivery_concurrency,
+        ),
         strict_redis: shared.profile == courier_telemetry::Profile::Production,
         batch_timing: courier_store::batch::BatchTiming {
             flush_timeout: config.flush_timeout,
@@ -165,11 +169,13 @@ pub async fn run(
         grace: config.shutdown_grace,
     };
     let prefetch = usize::from(config.prefetch);
+    // The fan-out makes the first attempt of most deliveries: it runs as many
+    // handlers as there are delivery slots.
     let fanout = {
         let p = pipeline.clone();
         consumer::consume(
             &broker,
-            stage(events_queue, prefetch),
+            stage(events_queue, config.delivery_concurrency.max(prefetch)),
             stop.clone(),
             move |d| {
                 let p = p.clone();

@@ -19,7 +19,7 @@ pub enum EventResult {
     paused,
 }
 
-/// What became of a consumed delivery job.
+/// What became of a delivery (a consumed job, or an attempt from the fan-out).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum JobResult {
@@ -67,6 +67,7 @@ pub struct Metrics {
     batch_size: Histogram,
     events: Family<EventLabels, Counter>,
     jobs_published: Counter,
+    jobs_consumed: Counter,
     deliveries: Family<JobLabels, Counter>,
     jobs_deferred: Counter,
     dead_letters: Family<DeadLabels, Counter>,
@@ -79,6 +80,7 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let events = Family::<EventLabels, Counter>::default();
         let jobs_published = Counter::default();
+        let jobs_consumed = Counter::default();
         let deliveries = Family::<JobLabels, Counter>::default();
         let batch_size = Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 10.0]);
         registry.register(
@@ -99,8 +101,13 @@ impl Default for Metrics {
             jobs_published.clone(),
         );
         registry.register(
+            "courier_jobs_consumed",
+            "Delivery jobs consumed to their end (attempted, found done, cancelled or parked)",
+            jobs_consumed.clone(),
+        );
+        registry.register(
             "courier_deliveries",
-            "Delivery jobs consumed, by outcome",
+            "Deliveries handled, from delivery jobs or straight from the fan-out, by outcome",
             deliveries.clone(),
         );
         registry.register(
@@ -119,6 +126,7 @@ impl Default for Metrics {
             batch_size,
             events,
             jobs_published,
+            jobs_consumed,
             deliveries,
             jobs_deferred,
             dead_letters,
@@ -135,6 +143,10 @@ impl Metrics {
     pub fn jobs_published(&self, n: usize) {
         self.jobs_published
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    pub fn job_consumed(&self) {
+        self.jobs_consumed.inc();
     }
 
     pub fn delivery(&self, outcome: JobResult) {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::ids::{TenantId, WebhookId};
+use courier_core::ids::TenantId;
 use courier_core::webhook::Webhook;
 use courier_store::cache::ConfigCache;
 use courier_store::{Store, StoreError};
@@ -46,20 +46,6 @@ impl WebhookCache {
             })
             .await?;
         Ok(read.unwrap_or_default())
-    }
-
-    /// One webhook of the tenant, as currently configured.
-    pub async fn webhook(
-        &self,
-        tenant: &TenantId,
-        id: &WebhookId,
-    ) -> Result<Option<Webhook>, StoreError> {
-        Ok(self
-            .tenant(tenant)
-            .await?
-            .iter()
-            .find(|w| &w.id == id)
-            .cloned())
     }
 
     /// Follows the configuration channel until `stop`.
