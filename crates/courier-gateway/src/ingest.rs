@@ -25,12 +25,13 @@ pub struct PublishReport {
 /// Publishes every event, pipelining the confirms: all are sent, then all awaited.
 /// Each publish is a PRODUCER span, a child of the current context (the request's
 /// span), and its message carries that span's W3C context and the time of
-/// acceptance in its headers.
+/// acceptance in its headers. An event is dropped once sent: only its id waits
+/// for the confirm.
 #[tracing::instrument(skip_all, fields(events = events.len()))]
 pub async fn publish_events(
     publisher: &Publisher,
     topology: &Topology,
-    events: &[Event],
+    events: Vec<Event>,
     traces: &Traces,
     metrics: &Metrics,
 ) -> PublishReport {
@@ -40,36 +41,32 @@ pub async fn publish_events(
     let mut pending = Vec::with_capacity(events.len());
     let mut failure = None;
     for event in events {
-        let body = match serde_json::to_vec(&event.to_message()) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(error = %e, "event did not serialize");
-                break;
-            }
-        };
+        let body = event.message_body();
         let routing_key = event.routing_key();
         let cx = traces.start_span(
             format!("publish {exchange}"),
             SpanKind::Producer,
             &parent,
-            vec![
-                KeyValue::new("messaging.system", "rabbitmq"),
-                KeyValue::new("messaging.operation.type", "publish"),
-                KeyValue::new("messaging.operation.name", "publish"),
-                KeyValue::new("messaging.destination.name", exchange.clone()),
-                KeyValue::new(
-                    "messaging.rabbitmq.destination.routing_key",
-                    routing_key.clone(),
-                ),
-                KeyValue::new("messaging.message.id", event.id.to_string()),
-                KeyValue::new(
-                    "messaging.message.body.size",
-                    i64::try_from(body.len()).unwrap_or(i64::MAX),
-                ),
-                KeyValue::new("courier.tenant.id", event.tenant.to_string()),
-                KeyValue::new("courier.event.type", event.key.to_string()),
-            ],
-            Vec::new(),
+            || {
+                vec![
+                    KeyValue::new("messaging.system", "rabbitmq"),
+                    KeyValue::new("messaging.operation.type", "publish"),
+                    KeyValue::new("messaging.operation.name", "publish"),
+                    KeyValue::new("messaging.destination.name", exchange.clone()),
+                    KeyValue::new(
+                        "messaging.rabbitmq.destination.routing_key",
+                        routing_key.clone(),
+                    ),
+                    KeyValue::new("messaging.message.id", event.id.to_string()),
+                    KeyValue::new(
+                        "messaging.message.body.size",
+                        i64::try_from(body.len()).unwrap_or(i64::MAX),
+                    ),
+                    KeyValue::new("courier.tenant.id", event.tenant.to_string()),
+                    KeyValue::new("courier.event.type", event.key.to_string()),
+                ]
+            },
+            Vec::new,
         );
         let mut msg = Message::new(&exchange, &routing_key, &body)
             .with_message_id(event.id.as_str())
@@ -79,7 +76,7 @@ pub async fn publish_events(
         }
         let sent_at = Instant::now();
         match publisher.send(msg).await {
-            Ok(confirm) => pending.push((&event.id, confirm, cx, sent_at)),
+            Ok(confirm) => pending.push((event.id, confirm, cx, sent_at)),
             Err(e) => {
                 metrics.deps.amqp_error(AmqpOperation::publish);
                 fail(&cx, &e);
@@ -96,7 +93,7 @@ pub async fn publish_events(
                     .deps
                     .confirmed(Destination::events, sent_at.elapsed());
                 cx.span().end();
-                accepted.push(id.clone());
+                accepted.push(id);
             }
             Err(e) => {
                 metrics.deps.amqp_error(AmqpOperation::confirm);

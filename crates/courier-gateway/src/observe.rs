@@ -44,21 +44,24 @@ pub async fn request(State(state): State<AppState>, req: Request, next: Next) ->
             .map(str::to_owned)
     });
     let parent = state.traces.extract(&incoming);
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", method.to_string()),
-        KeyValue::new("url.path", path),
-        KeyValue::new("url.scheme", "http"),
-    ];
-    if let Some(route) = &route {
-        attributes.push(KeyValue::new("http.route", route.clone()));
-    }
+    let attributes = || {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path),
+            KeyValue::new("url.scheme", "http"),
+        ];
+        if let Some(route) = &route {
+            attributes.push(KeyValue::new("http.route", route.clone()));
+        }
+        attributes
+    };
     let name = match &route {
         Some(route) => format!("{method} {route}"),
         None => method.to_string(),
     };
     let cx = state
         .traces
-        .start_span(name, SpanKind::Server, &parent, attributes, Vec::new());
+        .start_span(name, SpanKind::Server, &parent, attributes, Vec::new);
     let (trace_id, span_id) = log_ids(&cx).unwrap_or_default();
     let log_span = tracing::info_span!(
         "request",

@@ -18,11 +18,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _,
+    Link, SpanContext, SpanKind, TraceContextExt as _, TraceFlags, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder};
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
+    ShouldSample as _, TracerProviderBuilder,
+};
 use opentelemetry_sdk::Resource;
 
 /// Name of the header of the W3C trace context.
@@ -149,6 +152,11 @@ pub struct Traces {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: Arc<TraceContextPropagator>,
+    /// Without an exporter (or a test's processors) spans are not recorded: only
+    /// their context is made, so that it still travels (see [`Traces::start_span`]).
+    recording: bool,
+    /// The sampler, for contexts made without recording.
+    sampler: Arc<Sampler>,
 }
 
 impl fmt::Debug for Traces {
@@ -176,12 +184,13 @@ impl Traces {
         let resource = Resource::builder().with_service_name(service).build();
         let mut builder = SdkTracerProvider::builder()
             .with_resource(resource)
-            .with_sampler(sampler);
+            .with_sampler(sampler.clone());
         let endpoint = settings
             .otlp_endpoint
             .as_deref()
             .map(str::trim)
             .filter(|e| !e.is_empty());
+        let recording = override_with.is_some() || endpoint.is_some();
         if let Some(configure) = override_with {
             builder = (configure.0)(builder);
         } else if let Some(endpoint) = endpoint {
@@ -195,6 +204,8 @@ impl Traces {
             tracer: provider.tracer_with_scope(scope),
             provider,
             propagator: Arc::new(TraceContextPropagator::new()),
+            recording,
+            sampler: Arc::new(sampler),
         })
     }
 
@@ -205,6 +216,8 @@ impl Traces {
             tracer: provider.tracer("courier"),
             provider,
             propagator: Arc::new(TraceContextPropagator::new()),
+            recording: false,
+            sampler: Arc::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
         }
     }
 
@@ -214,24 +227,59 @@ impl Traces {
 
     /// Starts a span under `parent` and returns the context that holds it; end it
     /// with `cx.span().end()` (or let the context drop).
+    ///
+    /// Attributes and links are made only for a span that is recorded. Without an
+    /// exporter none is (nothing is kept until it ends): the context only gets a new span
+    /// id in the parent's trace (a new trace for a root), sampled as the sampler
+    /// decides, which is all that the `traceparent` it passes on needs.
     pub fn start_span(
         &self,
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
         parent: &Context,
-        attributes: Vec<KeyValue>,
-        links: Vec<Link>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+        links: impl FnOnce() -> Vec<Link>,
     ) -> Context {
+        if !self.recording {
+            return self.context_only(name.into(), kind, parent);
+        }
+        let links = links();
         let mut builder = self
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes(attributes);
+            .with_attributes(attributes());
         if !links.is_empty() {
             builder = builder.with_links(links);
         }
         let span = builder.start_with_context(&self.tracer, parent);
         parent.with_span(span)
+    }
+
+    fn context_only(&self, name: Cow<'static, str>, kind: SpanKind, parent: &Context) -> Context {
+        let ids = RandomIdGenerator::default();
+        let parent_span = parent.span();
+        let parent_sc = parent_span.span_context();
+        let trace_id = if parent_sc.is_valid() {
+            parent_sc.trace_id()
+        } else {
+            ids.new_trace_id()
+        };
+        let sampled = self
+            .sampler
+            .should_sample(Some(parent), trace_id, &name, &kind, &[], &[]);
+        let flags = match sampled.decision {
+            SamplingDecision::RecordAndSample => TraceFlags::SAMPLED,
+            SamplingDecision::RecordOnly | SamplingDecision::Drop => TraceFlags::default(),
+        };
+        let sc = SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            flags,
+            false,
+            sampled.trace_state,
+        );
+        parent.with_remote_span_context(sc)
     }
 
     /// The context carried by `headers` (an empty one if they carry none, or a
@@ -387,7 +435,7 @@ mod tests {
             tracestate: Some("vendor=x".into()),
         };
         let parent = traces.extract(&incoming);
-        let cx = traces.start_span("work", SpanKind::Consumer, &parent, vec![], vec![]);
+        let cx = traces.start_span("work", SpanKind::Consumer, &parent, Vec::new, Vec::new);
         let out = traces.inject(&cx);
         let traceparent = out.traceparent.unwrap();
         assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -396,6 +444,33 @@ mod tests {
         assert_eq!(out.tracestate.as_deref(), Some("vendor=x"));
         let (trace_id, _) = log_ids(&cx).unwrap();
         assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn without_an_exporter_spans_carry_context_but_record_nothing() {
+        let traces = Traces::disabled();
+        let root = traces.start_span(
+            "root",
+            SpanKind::Server,
+            &Context::new(),
+            Vec::new,
+            Vec::new,
+        );
+        assert!(!root.span().is_recording());
+        let child = traces.start_span(
+            "child",
+            SpanKind::Producer,
+            &root,
+            || vec![KeyValue::new("k", "v")],
+            Vec::new,
+        );
+        let (root_sc, child_sc) = (
+            root.span().span_context().clone(),
+            child.span().span_context().clone(),
+        );
+        assert!(root_sc.is_sampled() && child_sc.is_sampled());
+        assert_eq!(child_sc.trace_id(), root_sc.trace_id());
+        assert_ne!(child_sc.span_id(), root_sc.span_id());
     }
 
     #[test]
@@ -409,7 +484,7 @@ mod tests {
         let parent = traces.extract(&garbage);
         assert!(!parent.span().span_context().is_valid());
         assert!(traces.link_to(&garbage).is_none());
-        let cx = traces.start_span("root", SpanKind::Server, &parent, vec![], vec![]);
+        let cx = traces.start_span("root", SpanKind::Server, &parent, Vec::new, Vec::new);
         assert!(cx.span().span_context().is_valid());
         let link = traces
             .link_to(&TraceHeaders {

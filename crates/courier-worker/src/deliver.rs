@@ -253,7 +253,7 @@ async fn attempt(
     };
 
     let policy = RetryPolicy::effective(&webhook.retry_policy, &p.retry_defaults);
-    span.set_attributes(server_attributes(webhook.url.as_str()));
+    span.set_attributes(|| server_attributes(webhook.url.as_str()));
     let trace = p.propagate_traceparent.then(|| p.traces.inject(span.cx()));
     let sent = {
         let _busy = p.metrics.flow.in_flight();
@@ -265,10 +265,12 @@ async fn attempt(
     let what = sent.refusal.clone().unwrap_or_else(|| answer(&sent.result));
     let error_type = match sent.result {
         HttpResult::Response { status, .. } => {
-            span.set_attributes([KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            )]);
+            span.set_attributes(|| {
+                [KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                )]
+            });
             (!(200..300).contains(&status)).then(|| status.to_string())
         }
         // The kind's wire name: `timeout`, `connect`, ...
@@ -280,7 +282,7 @@ async fn attempt(
         ),
     };
     if let Some(error_type) = &error_type {
-        span.set_attributes([KeyValue::new("error.type", error_type.clone())]);
+        span.set_attributes(|| [KeyValue::new("error.type", error_type.clone())]);
     }
     let (outcome, status, words) = match after_attempt(verdict, &policy, job.attempt) {
         AfterAttempt::Delivered => (

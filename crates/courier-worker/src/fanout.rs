@@ -69,11 +69,13 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
     let span = tracing::Span::current();
     span.record("tenant", event.tenant.as_str());
     span.record("event_id", event.id.as_str());
-    cx.span().set_attributes([
-        KeyValue::new("courier.tenant.id", event.tenant.to_string()),
-        KeyValue::new("courier.event.id", event.id.to_string()),
-        KeyValue::new("courier.event.type", event.key.to_string()),
-    ]);
+    if cx.span().is_recording() {
+        cx.span().set_attributes([
+            KeyValue::new("courier.tenant.id", event.tenant.to_string()),
+            KeyValue::new("courier.event.id", event.id.to_string()),
+            KeyValue::new("courier.event.type", event.key.to_string()),
+        ]);
+    }
     let onward = carried.of_event_jobs(p.traces.inject(cx));
     let webhooks = match p.webhooks.tenant(&event.tenant).await {
         Ok(w) => w,

@@ -189,29 +189,32 @@ pub fn broker_dead_reason(reason: &str) -> DeadReason {
 pub fn consumer_span(p: &Pipeline, delivery: &Delivery, carried: &Carried) -> Context {
     let parent = p.traces.extract(&carried.trace);
     let exchange = delivery.exchange.as_str();
-    let mut attributes = vec![
-        KeyValue::new("messaging.system", "rabbitmq"),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", exchange.to_owned()),
-        KeyValue::new(
-            "messaging.rabbitmq.destination.routing_key",
-            delivery.routing_key.to_string(),
-        ),
-        KeyValue::new(
-            "messaging.message.body.size",
-            i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
-        ),
-    ];
-    if let Some(id) = delivery.properties.message_id() {
-        attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
-    }
+    let attributes = || {
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.destination.name", exchange.to_owned()),
+            KeyValue::new(
+                "messaging.rabbitmq.destination.routing_key",
+                delivery.routing_key.to_string(),
+            ),
+            KeyValue::new(
+                "messaging.message.body.size",
+                i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
+            ),
+        ];
+        if let Some(id) = delivery.properties.message_id() {
+            attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
+        }
+        attributes
+    };
     let cx = p.traces.start_span(
         format!("process {exchange}"),
         SpanKind::Consumer,
         &parent,
         attributes,
-        Vec::new(),
+        Vec::new,
     );
     courier_telemetry::traces::record_log_ids(&cx);
     cx
@@ -237,8 +240,12 @@ impl AttemptSpan {
         &self.cx
     }
 
-    pub fn set_attributes(&self, attributes: impl IntoIterator<Item = KeyValue>) {
-        self.cx.span().set_attributes(attributes);
+    /// Adds the attributes `make` gives, if the span is recorded.
+    pub fn set_attributes<I: IntoIterator<Item = KeyValue>>(&self, make: impl FnOnce() -> I) {
+        let span = self.cx.span();
+        if span.is_recording() {
+            span.set_attributes(make());
+        }
     }
 
     /// Records how the attempt ended (`delivered`, `retry`, `failed`, `cancelled`,
@@ -269,28 +276,32 @@ impl Drop for AttemptSpan {
 /// carries, linked to each of its events' spans.
 fn attempt_span(p: &Pipeline, job: &DeliveryJob, carried: &Carried) -> Context {
     let parent = p.traces.extract(&carried.trace);
-    let links = carried
-        .links
-        .iter()
-        .filter_map(|traceparent| {
-            p.traces.link_to(&courier_telemetry::TraceHeaders {
-                traceparent: Some(traceparent.clone()),
-                tracestate: None,
+    let links = || {
+        carried
+            .links
+            .iter()
+            .filter_map(|traceparent| {
+                p.traces.link_to(&courier_telemetry::TraceHeaders {
+                    traceparent: Some(traceparent.clone()),
+                    tracestate: None,
+                })
             })
-        })
-        .collect();
-    let attributes = vec![
-        KeyValue::new("http.request.method", "POST"),
-        KeyValue::new("courier.batch.id", job.batch_id.to_string()),
-        KeyValue::new("courier.webhook.id", job.webhook_id.to_string()),
-        KeyValue::new("courier.tenant.id", job.tenant_id.to_string()),
-        KeyValue::new("courier.series", i64::from(job.series)),
-        KeyValue::new("courier.attempt", i64::from(job.attempt)),
-        KeyValue::new(
-            "courier.batch.event_count",
-            i64::try_from(job.events.len()).unwrap_or(i64::MAX),
-        ),
-    ];
+            .collect()
+    };
+    let attributes = || {
+        vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("courier.batch.id", job.batch_id.to_string()),
+            KeyValue::new("courier.webhook.id", job.webhook_id.to_string()),
+            KeyValue::new("courier.tenant.id", job.tenant_id.to_string()),
+            KeyValue::new("courier.series", i64::from(job.series)),
+            KeyValue::new("courier.attempt", i64::from(job.attempt)),
+            KeyValue::new(
+                "courier.batch.event_count",
+                i64::try_from(job.events.len()).unwrap_or(i64::MAX),
+            ),
+        ]
+    };
     let cx = p
         .traces
         .start_span("POST", SpanKind::Client, &parent, attributes, links);

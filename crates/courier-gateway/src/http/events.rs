@@ -224,21 +224,24 @@ async fn ingest(
         let counted = split_items(&bytes).map_or(1, |items| items.len());
         refused(e, counted)
     })?;
+    // The events hold everything needed from here on.
+    drop(bytes);
+    let count = events.len();
     // One token per event; a refused request publishes nothing.
-    take_ingest_tokens(&state, &key.tenant_id, events.len())
+    take_ingest_tokens(&state, &key.tenant_id, count)
         .await
-        .map_err(|e| refused(e, events.len()))?;
+        .map_err(|e| refused(e, count))?;
     let report = publish_events(
         &state.publisher,
         &state.topology,
-        &events,
+        events,
         &state.traces,
         &state.metrics,
     )
     .await;
     state.metrics.events_accepted(report.accepted.len());
     if report.failure.is_some() {
-        let refused = events.len().saturating_sub(report.accepted.len());
+        let refused = count.saturating_sub(report.accepted.len());
         state
             .metrics
             .events_rejected(RejectReason::unavailable, refused);

@@ -421,10 +421,14 @@ async fn send_test(
         properties_updated: None,
         occurred_at: Utc::now(),
     };
+    let sent = TestSent {
+        event_id: event.id.to_string(),
+        event_type: event.key.to_string(),
+    };
     let report = publish_events(
         &state.publisher,
         &state.topology,
-        std::slice::from_ref(&event),
+        vec![event],
         &state.traces,
         &state.metrics,
     )
@@ -432,11 +436,5 @@ async fn send_test(
     if let Some(e) = report.failure {
         return Err(ApiError::dependency("the broker", &e));
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(TestSent {
-            event_id: event.id.to_string(),
-            event_type: event.key.to_string(),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(sent)))
 }
