@@ -42,7 +42,7 @@ fn check(event: &Event, catalog: &Catalog) {
     assert!(catalog.contains(&event.key));
     assert!(event.data.get().trim_start().starts_with('{'));
     assert!(json_depth(event.data.get().as_bytes()) <= MAX_DATA_DEPTH);
-    let body = serde_json::to_vec(&event.to_message()).unwrap();
+    let body = event.message_body();
     let back = Event::from_message(&body, None, catalog, event.occurred_at).unwrap();
     assert_eq!(back.id, event.id);
     assert_eq!(back.key, event.key);
