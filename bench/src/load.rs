@@ -63,8 +63,23 @@ pub struct Sent {
     pub errors: BTreeMap<String, u64>,
     /// The first failure, described.
     pub first_error: Option<String>,
-    /// Request round trips (paced runs only), nanoseconds.
-    pub round_trips: Vec<u64>,
+    /// Answered requests (paced runs only), one event each.
+    pub round_trips: Vec<Trip>,
+}
+
+/// One answered request of a paced run: its event and the run clock when it was
+/// sent and when its 202 arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Trip {
+    pub seq: u64,
+    pub sent: u64,
+    pub answered: u64,
+}
+
+impl Trip {
+    pub fn nanos(&self) -> u64 {
+        self.answered.saturating_sub(self.sent)
+    }
 }
 
 impl Sent {
@@ -100,7 +115,7 @@ struct Tally {
     failures: Mutex<(BTreeMap<String, u64>, Option<String>)>,
     /// Whether request round trips are kept.
     timed: bool,
-    round_trips: Mutex<Vec<u64>>,
+    round_trips: Mutex<Vec<Trip>>,
 }
 
 impl Tally {
@@ -191,7 +206,11 @@ impl Load {
                 }
                 if tally.timed {
                     if let Ok(mut rt) = tally.round_trips.lock() {
-                        rt.push(done - sent_at);
+                        rt.push(Trip {
+                            seq: first,
+                            sent: sent_at,
+                            answered: done,
+                        });
                     }
                 }
             }

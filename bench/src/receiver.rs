@@ -30,6 +30,8 @@ pub const VERIFY_EVERY: u64 = 100;
 /// One delivery of one event, as first seen.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival {
+    /// The event's `data.seq`.
+    pub seq: u64,
     /// Run clock on arrival.
     pub at: u64,
     /// Arrival minus `data.sentAtNanos`.
@@ -246,6 +248,7 @@ fn record(s: &Shared, index: usize, at: u64, events: &[EnvelopeEvent]) {
         let mask = 1u64 << (bit % 64);
         if word.fetch_or(mask, Ordering::Relaxed) & mask == 0 {
             fresh.push(Arrival {
+                seq,
                 at,
                 latency: at.saturating_sub(e.data.sent_at_nanos),
             });

@@ -348,12 +348,21 @@ impl Bench {
         if let Pace::PerSecond(per_second, _) = pace {
             result.detail("sentPerSecond", per_second);
             result.detail("sentPerSecondAchieved", sent.accept_rate());
-            let mut trips = sent.round_trips.clone();
+            let mut trips: Vec<u64> = sent.round_trips.iter().map(|t| t.nanos()).collect();
             if let Some(ingest) = Latency::of(&mut trips) {
                 result.detail("ingestRoundTripMs", json!(ingest));
                 result.notes.push(format!(
                     "latency is sent -> received and includes the ingest request (its round trip alone: p50 {:.1} ms, p99 {:.1} ms)",
                     ingest.p50_ms, ingest.p99_ms
+                ));
+            }
+            let (mut after_answer, early) = accepted_to_received(&sent.round_trips, &arrivals);
+            if let Some(accepted) = Latency::of(&mut after_answer) {
+                result.detail("acceptedToReceivedMs", json!(accepted));
+                result.detail("receivedBeforeAnswer", early);
+                result.notes.push(format!(
+                    "accepted -> received (202 at the load generator to arrival): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {early} events arrived before their 202",
+                    accepted.p50_ms, accepted.p99_ms, accepted.max_ms
                 ));
             }
         } else {
@@ -749,6 +758,27 @@ fn latency_slices(
             }))
         })
         .collect()
+}
+
+/// For each delivered event of a paced run, arrival minus the moment its 202 reached
+/// the load generator (zero when the delivery came first), and how many came first.
+fn accepted_to_received(
+    trips: &[crate::load::Trip],
+    arrivals: &[crate::receiver::Arrival],
+) -> (Vec<u64>, u64) {
+    let answered: BTreeMap<u64, u64> = trips.iter().map(|t| (t.seq, t.answered)).collect();
+    let mut early = 0;
+    let latencies = arrivals
+        .iter()
+        .filter_map(|a| {
+            let answered = *answered.get(&a.seq)?;
+            if a.at < answered {
+                early += 1;
+            }
+            Some(a.at.saturating_sub(answered))
+        })
+        .collect();
+    (latencies, early)
 }
 
 /// Fails if nothing at all was accepted.
