@@ -8,15 +8,27 @@ use std::time::Duration;
 use courier_core::ids::{BatchId, EventId, WebhookId};
 use courier_core::keyring::Keyring;
 use courier_core::signing::{verify, verify_hex, Secret};
+use courier_gateway::GatewayConfig;
 use courier_tests::security::redis_dump;
 use courier_tests::{
     bin_path, prospect_created, Api, ChildService, Deps, TestEnv, TestReceiver, ADMIN_TOKEN,
     AMQP_URL, REDIS_URL,
 };
+use courier_worker::WorkerConfig;
 use serde_json::{json, Value};
 
 fn keyring(spec: &str) -> Keyring {
     Keyring::parse(spec).unwrap()
+}
+
+/// Gateway and worker configurations that seal secrets under the keyring `keys`.
+fn sealed_under(env: &TestEnv, keys: &str) -> (GatewayConfig, WorkerConfig) {
+    let ring = keyring(keys);
+    let mut gw = env.gateway_config();
+    gw.shared.secret_keys = Some(ring.clone());
+    let mut wk = env.worker_config();
+    wk.shared.secret_keys = Some(ring);
+    (gw, wk)
 }
 
 /// The secret strings worth looking for: the whole `whsec_...` and its base64 part.
@@ -30,11 +42,7 @@ fn needles(secret: &str) -> [String; 2] {
 #[tokio::test]
 async fn no_signing_secret_is_stored_in_plaintext() {
     let env = TestEnv::new("secrets-plain").await;
-    let keys = keyring(&Keyring::generate_entry("k1"));
-    let mut gw = env.gateway_config();
-    gw.shared.secret_keys = Some(keys.clone());
-    let mut wk = env.worker_config();
-    wk.shared.secret_keys = Some(keys);
+    let (gw, wk) = sealed_under(&env, &Keyring::generate_entry("k1"));
     let gateway = env.start_gateway(gw).await;
     let worker = env.start_worker(wk).await;
     let receiver = TestReceiver::start().await;
@@ -141,11 +149,7 @@ async fn deliver(
 #[tokio::test]
 async fn custom_header_values_are_sealed_never_shown_and_still_sent() {
     let env = TestEnv::new("secrets-headers").await;
-    let keys = keyring(&Keyring::generate_entry("k1"));
-    let mut gw = env.gateway_config();
-    gw.shared.secret_keys = Some(keys.clone());
-    let mut wk = env.worker_config();
-    wk.shared.secret_keys = Some(keys);
+    let (gw, wk) = sealed_under(&env, &Keyring::generate_entry("k1"));
     let gateway = env.start_gateway(gw).await;
     let worker = env.start_worker(wk).await;
     let receiver = TestReceiver::start().await;
@@ -357,12 +361,8 @@ async fn after_a_key_rotation_and_reencryption_every_webhook_still_delivers() {
     let old = Keyring::generate_entry("old");
     let new = Keyring::generate_entry("new");
     let start = |keys: &str| {
-        let ring = keyring(keys);
-        let mut gw = env.gateway_config();
+        let (mut gw, wk) = sealed_under(&env, keys);
         gw.max_webhooks_per_tenant = 10;
-        gw.shared.secret_keys = Some(ring.clone());
-        let mut wk = env.worker_config();
-        wk.shared.secret_keys = Some(ring);
         (gw, wk)
     };
 

@@ -8,6 +8,7 @@ use courier_broker::{BrokerError, Message, Publisher, Topology};
 use courier_core::event::Event;
 use courier_core::ids::EventId;
 use courier_telemetry::metrics::{AmqpOperation, Destination};
+use courier_telemetry::traces::messaging_attributes;
 use courier_telemetry::Traces;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
@@ -48,23 +49,16 @@ pub async fn publish_events(
             SpanKind::Producer,
             &parent,
             || {
-                vec![
-                    KeyValue::new("messaging.system", "rabbitmq"),
-                    KeyValue::new("messaging.operation.type", "publish"),
-                    KeyValue::new("messaging.operation.name", "publish"),
-                    KeyValue::new("messaging.destination.name", exchange.clone()),
-                    KeyValue::new(
-                        "messaging.rabbitmq.destination.routing_key",
-                        routing_key.clone(),
-                    ),
-                    KeyValue::new("messaging.message.id", event.id.to_string()),
-                    KeyValue::new(
-                        "messaging.message.body.size",
-                        i64::try_from(body.len()).unwrap_or(i64::MAX),
-                    ),
-                    KeyValue::new("courier.tenant.id", event.tenant.to_string()),
-                    KeyValue::new("courier.event.type", event.key.to_string()),
-                ]
+                let mut attributes = messaging_attributes(
+                    "publish",
+                    &exchange,
+                    &routing_key,
+                    Some(event.id.to_string()),
+                    body.len(),
+                );
+                attributes.push(KeyValue::new("courier.tenant.id", event.tenant.to_string()));
+                attributes.push(KeyValue::new("courier.event.type", event.key.to_string()));
+                attributes
             },
             Vec::new,
         );

@@ -346,6 +346,35 @@ pub fn log_ids(cx: &Context) -> Option<(String, String)> {
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
+/// The messaging attributes of a span that publishes (`operation` "publish") or
+/// processes ("process") one AMQP message.
+pub fn messaging_attributes(
+    operation: &'static str,
+    exchange: &str,
+    routing_key: &str,
+    message_id: Option<String>,
+    body_size: usize,
+) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "rabbitmq"),
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.operation.name", operation),
+        KeyValue::new("messaging.destination.name", exchange.to_owned()),
+        KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            routing_key.to_owned(),
+        ),
+        KeyValue::new(
+            "messaging.message.body.size",
+            i64::try_from(body_size).unwrap_or(i64::MAX),
+        ),
+    ];
+    if let Some(id) = message_id {
+        attributes.push(KeyValue::new("messaging.message.id", id));
+    }
+    attributes
+}
+
 /// Records the ids of the span in `cx` as the `trace_id` and `span_id` fields of
 /// the current tracing span (declared empty by its `#[instrument]`), so that every
 /// log line inside carries them.

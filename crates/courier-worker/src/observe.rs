@@ -16,6 +16,7 @@ use std::time::Duration;
 use courier_broker::lapin::message::Delivery;
 use courier_core::envelope::DeliveryJob;
 use courier_telemetry::metrics::{DependencyMetrics, HTTP_BUCKETS};
+use courier_telemetry::traces::messaging_attributes;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -190,24 +191,17 @@ pub fn consumer_span(p: &Pipeline, delivery: &Delivery, carried: &Carried) -> Co
     let parent = p.traces.extract(&carried.trace);
     let exchange = delivery.exchange.as_str();
     let attributes = || {
-        let mut attributes = vec![
-            KeyValue::new("messaging.system", "rabbitmq"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("messaging.operation.name", "process"),
-            KeyValue::new("messaging.destination.name", exchange.to_owned()),
-            KeyValue::new(
-                "messaging.rabbitmq.destination.routing_key",
-                delivery.routing_key.to_string(),
-            ),
-            KeyValue::new(
-                "messaging.message.body.size",
-                i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
-            ),
-        ];
-        if let Some(id) = delivery.properties.message_id() {
-            attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
-        }
-        attributes
+        messaging_attributes(
+            "process",
+            exchange,
+            delivery.routing_key.as_str(),
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+            delivery.data.len(),
+        )
     };
     let cx = p.traces.start_span(
         format!("process {exchange}"),
