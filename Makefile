@@ -68,12 +68,13 @@ bench: services
 	COURIER_BIN_DIR="$(COURIER_BENCH_BIN_DIR)" $(CARGO) run --release -p courier-bench -- $(BENCH_ARGS)
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the ingest parser, webhook validation, the
-# target policy and sealed secrets; fuzz/ is its own workspace. Runs on the stable
-# toolchain without sanitizers, installing cargo-fuzz into target/tools when it is
-# not on PATH. Prints each target's executions; a crash fails.
+# target policy, sealed secrets and the batch store's encoding; fuzz/ is its own
+# workspace. Runs on the stable toolchain without sanitizers, installing
+# cargo-fuzz into target/tools when it is not on PATH. Prints each target's
+# executions; a crash fails.
 # FUZZ_SECONDS per target; FUZZ_TARGETS to pick some.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= ingest_event webhook_input target_policy sealed_secret
+FUZZ_TARGETS ?= ingest_event webhook_input target_policy sealed_secret batch_codec
 .PHONY: fuzz
 fuzz:
 	CARGO="$(CARGO)" FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_TARGETS="$(FUZZ_TARGETS)" bash deploy/fuzz.sh

@@ -19,7 +19,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cargo=${CARGO:-cargo}
 seconds=${FUZZ_SECONDS:-60}
-targets=${FUZZ_TARGETS:-ingest_event webhook_input target_policy sealed_secret}
+targets=${FUZZ_TARGETS:-ingest_event webhook_input target_policy sealed_secret batch_codec}
 tools=$root/target/tools
 
 log() { echo "fuzz: $*"; }

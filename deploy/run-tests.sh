@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite and ends with one line of totals over every test binary
-# (cargo prints a result line per binary, the last of which may be an empty doc-test run).
+# Runs the whole test suite, then prints how long each suite (test binary) took,
+# slowest first, and one line of totals over every test binary (cargo prints a
+# result line per binary, the last of which may be an empty doc-test run).
 set -uo pipefail
 
 cargo="${CARGO:-cargo}"
@@ -9,6 +10,17 @@ trap 'rm -f "$log"' EXIT
 
 "$cargo" test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+
+echo
+echo "suite times (seconds, slowest first):"
+awk '/^ *Running / {
+        suite = $2; sub(/^tests\//, "", suite)
+        if ($2 == "unittests") { suite = $4; sub(/^.*\//, "", suite); sub(/-[0-9a-f]+\)$/, "", suite); suite = suite " (unit)" }
+     }
+     /^ *Doc-tests / { suite = "doc-tests " $2 }
+     /^test result:/ && suite != "" {
+        t = $NF; sub(/s$/, "", t); printf "%9.2f  %s\n", t, suite; suite = ""
+     }' "$log" | sort -rn | awk '$1 >= 0.5' | head -40
 
 awk '/^test result:/ {
         for (i = 1; i <= NF; i++) {

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::wait_until;
@@ -136,11 +138,37 @@ impl Drop for TestBroker {
 
 /// A TCP proxy on 127.0.0.1 that can be cut (every connection dropped, new ones
 /// refused) and restored: a network partition between a service and a dependency.
+/// It can also hold what the target sends (the client's bytes still go through),
+/// as a path that stalls one way does: requests arrive, answers do not.
 pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: Arc<tokio::sync::Mutex<CancellationToken>>,
+    replies_held: Arc<watch::Sender<bool>>,
     stop: CancellationToken,
+}
+
+/// Copies `from` to `to` until `from` ends (then shuts `to` down), waiting while
+/// `held` is true before passing each chunk on.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if held.wait_for(|held| !*held).await.is_err() {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl TcpProxy {
@@ -149,8 +177,10 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(tokio::sync::Mutex::new(CancellationToken::new()));
+        let replies_held = Arc::new(watch::channel(false).0);
         let stop = CancellationToken::new();
         let (up2, cut2, stop2) = (up.clone(), cut.clone(), stop.clone());
+        let held2 = replies_held.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -163,13 +193,21 @@ impl TcpProxy {
                     continue;
                 }
                 let severed = cut2.lock().await.clone();
+                let replies = held2.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let mut inbound = inbound;
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    let never = watch::channel(false).1;
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            tokio::join!(
+                                pipe(in_read, out_write, never),
+                                pipe(out_read, in_write, replies),
+                            )
+                        } => {}
                         () = severed.cancelled() => {}
                     }
                 });
@@ -179,8 +217,20 @@ impl TcpProxy {
             addr,
             up,
             cut,
+            replies_held,
             stop,
         }
+    }
+
+    /// Stops passing on what the target sends (it waits in the proxy); what
+    /// clients send still reaches the target.
+    pub fn hold_replies(&self) {
+        self.replies_held.send_replace(true);
+    }
+
+    /// Passes on what the target sent meanwhile, and what it sends from now on.
+    pub fn release_replies(&self) {
+        self.replies_held.send_replace(false);
     }
 
     /// Drops every connection through the proxy and refuses new ones.

@@ -2,10 +2,13 @@
 //! and Redis ([`TestEnv`]), a stand-in subscriber ([`TestReceiver`]), JSON Schema
 //! checks ([`schemas`]), fault injection ([`chaos`]: a private RabbitMQ node, a
 //! cuttable TCP proxy), and waiting on conditions with deadlines ([`wait_until`]).
-//! [`spans`] keeps the spans a service instance exports, for tests of tracing.
+//! [`spans`] keeps the spans a service instance exports, for tests of tracing;
+//! [`raw_http`] speaks HTTP/1.1 by hand, for requests and connections ordinary
+//! clients would not make.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chaos;
+pub mod raw_http;
 pub mod receiver;
 pub mod schemas;
 pub mod security;
@@ -513,11 +516,16 @@ impl ChildService {
     }
 
     /// SIGTERM, then the exit status and how long the exit took.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+    pub async fn terminate(self) -> (std::process::ExitStatus, Duration) {
+        self.stop_with("TERM").await
+    }
+
+    /// Sends `signal` (`TERM`, `INT`), then the exit status and how long the exit took.
+    pub async fn stop_with(mut self, signal: &str) -> (std::process::ExitStatus, Duration) {
         let pid = self.child.id().expect("running");
         let asked = std::time::Instant::now();
         std::process::Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(pid.to_string())
             .status()
             .unwrap();

@@ -170,9 +170,22 @@ async fn proxy_one(
 /// Every value stored under `prefix` in the shared Redis (strings, hashes, lists,
 /// sets, sorted sets, streams), keys included, as one text to search.
 pub async fn redis_dump(prefix: &str) -> String {
+    let mut out = String::new();
+    for (key, value) in redis_entries(prefix).await {
+        out.push_str(&key);
+        out.push('\n');
+        out.push_str(&value);
+        out.push('\n');
+    }
+    out
+}
+
+/// Every key under `prefix` in the shared Redis with its value as text (members,
+/// fields and entries one a line).
+pub async fn redis_entries(prefix: &str) -> Vec<(String, String)> {
     let client = redis::Client::open(crate::REDIS_URL).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut out = String::new();
+    let mut entries = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -210,13 +223,12 @@ pub async fn redis_dump(prefix: &str) -> String {
                 _ => {}
             }
             let value: redis::Value = cmd.query_async(&mut conn).await.unwrap();
-            out.push_str(&key);
-            out.push('\n');
-            flatten(&value, &mut out);
-            out.push('\n');
+            let mut text = String::new();
+            flatten(&value, &mut text);
+            entries.push((key, text));
         }
         if next == 0 {
-            return out;
+            return entries;
         }
         cursor = next;
     }

@@ -6,7 +6,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use courier_core::ids::{BatchId, WebhookId};
+use courier_core::delivery::DeliveryStatus;
+use courier_core::ids::{BatchId, TenantId, WebhookId};
 use courier_tests::{
     prospect_created, schemas, wait_until, Api, ChildWorker, Received, TestEnv, TestReceiver,
 };
@@ -207,13 +208,19 @@ async fn lowering_throttling_flushes_full_batches_and_disabling_cancels_what_wai
         )
         .await;
     assert_eq!(status, 200);
-    let last = BatchId::for_batch(&WebhookId::parse(id).unwrap(), 3);
+    // The third batch, cut from what still waited when the webhook was disabled.
+    let webhook = WebhookId::parse(id).unwrap();
     let status = wait_until(
         "the waiting event to end",
         Duration::from_secs(5),
         || async {
-            let r = env.store.delivery(&last).await.unwrap()?;
-            r.status.is_final().then_some(r)
+            let page = env
+                .store
+                .deliveries_page(&webhook, Some(DeliveryStatus::Cancelled), None, 10)
+                .await
+                .unwrap();
+            let last = page.items.first()?;
+            env.store.delivery(&last.batch_id).await.unwrap()
         },
     )
     .await;
@@ -315,6 +322,170 @@ async fn sigkilled_workers_lose_no_batched_event() {
     assert!(kills >= 3);
 
     worker.kill().await;
+    gateway.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_batch_ends_failed_and_other_webhooks_batches_still_flush() {
+    let env = TestEnv::new("batchcorrupt").await;
+    let gateway = env.start_gateway(env.gateway_config()).await;
+    let mut config = env.worker_config();
+    config.flush_timeout = Duration::from_secs(2);
+    config.batch_lease = Duration::from_secs(1);
+    let worker = env.start_worker(config).await;
+    let receiver = TestReceiver::start().await;
+    let api = Api::new(&gateway);
+    let acme = api.tenant("acme").await;
+    let other = api.tenant("other").await;
+    let broken = api
+        .webhook(
+            &acme,
+            json!({"name": "broken", "url": receiver.url("/broken"), "events": ["*"], "throttling": 5}),
+        )
+        .await;
+    let healthy = api
+        .webhook(
+            &other,
+            json!({"name": "healthy", "url": receiver.url("/healthy"), "events": ["*"], "throttling": 5}),
+        )
+        .await;
+    let broken = WebhookId::parse(broken["id"].as_str().unwrap()).unwrap();
+    let healthy = WebhookId::parse(healthy["id"].as_str().unwrap()).unwrap();
+    let keys = env.store.keys();
+    let mut redis = redis::Client::open(courier_tests::REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // Two events of the healthy webhook wait for the flush timeout.
+    assert_eq!(api.send(&other, &events("h", 0..2)).await.0, 202);
+    let due: f64 = wait_until("the healthy batch to wait", Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let key = keys.batch_due();
+        let member = healthy.to_string();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(key)
+                .arg(member)
+                .query_async::<Option<f64>>(&mut redis)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+
+    // Written raw beside it: an element that is no event, due at the same moment
+    // (so that the same flush cuts both), and a pending batch whose events cannot
+    // be read, its lease already over.
+    let pending_id = BatchId::generate();
+    let member = format!("{broken}:{}", pending_id.simple());
+    let cut_ms = chrono::Utc::now().timestamp_millis();
+    redis::pipe()
+        .cmd("RPUSH")
+        .arg(keys.batch_waiting(&broken))
+        .arg("garbage\n|{not an event")
+        .cmd("HSET")
+        .arg(keys.batch_meta(&broken))
+        .arg(&["tenant", "acme", "generation", "0", "n", "5"][..])
+        .cmd("SADD")
+        .arg(keys.batch_tenant(&TenantId::parse("acme").unwrap()))
+        .arg(broken.as_str())
+        .cmd("ZADD")
+        .arg(keys.batch_due())
+        .arg(due)
+        .arg(broken.as_str())
+        .cmd("HSET")
+        .arg(keys.batch_pending(&member))
+        .arg("tenant")
+        .arg("acme")
+        .arg("generation")
+        .arg("0")
+        .arg("cut")
+        .arg(cut_ms)
+        .arg("id")
+        .arg(pending_id.simple())
+        .arg("events")
+        .arg("19:1|{\"eventId\":\"x\"}|")
+        .cmd("ZADD")
+        .arg(keys.batch_cut())
+        .arg(0)
+        .arg(&member)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+
+    // The healthy webhook's batch goes out at its deadline.
+    wait_until(
+        "the healthy webhook's batch",
+        Duration::from_secs(15),
+        || async { (received_events(&receiver.received_on("/healthy")).len() == 2).then_some(()) },
+    )
+    .await;
+
+    // Both broken batches end failed with the reason, among acme's dead letters.
+    let pending = env
+        .wait_status(&pending_id, "failed", Duration::from_secs(15))
+        .await;
+    assert!(
+        pending
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot be read"),
+        "{:?}",
+        pending.reason
+    );
+    let dead = wait_until("two dead letters", Duration::from_secs(15), || async {
+        let page = env
+            .store
+            .dead_letters_page(&TenantId::parse("acme").unwrap(), None, None, 10)
+            .await
+            .unwrap();
+        (page.items.len() == 2).then_some(page.items)
+    })
+    .await;
+    for d in &dead {
+        assert_eq!(d.delivery.webhook_id, broken);
+        let record = env
+            .store
+            .delivery(&d.delivery.batch_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status.as_str(), "failed");
+        assert!(record
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("the stored batch cannot be read: "));
+    }
+    assert_eq!(
+        worker
+            .metric("courier_dead_letters_total{reason=\"unreadable\"}")
+            .await,
+        2
+    );
+    // Nothing of them is left to come back.
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}courier:batch*", env.prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(receiver.received_on("/broken").is_empty());
+
+    // The broken webhook's next events are batched as usual.
+    assert_eq!(api.send(&acme, &events("b", 0..5)).await.0, 202);
+    wait_until(
+        "the broken webhook's next batch",
+        Duration::from_secs(10),
+        || async { (received_events(&receiver.received_on("/broken")).len() == 5).then_some(()) },
+    )
+    .await;
+
+    worker.stop().await.unwrap();
     gateway.stop().await.unwrap();
     env.cleanup().await;
 }

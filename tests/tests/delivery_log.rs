@@ -197,7 +197,7 @@ async fn deliveries_are_listed_newest_first_by_cursor_and_status_to_their_tenant
         let (status, body) = api.get(&format!("{path}{bad}"), &tenant.key).await;
         assert_eq!(
             (status, body["error"]["type"].clone()),
-            (422, json!("unprocessable")),
+            (400, json!("bad_request")),
             "{bad}"
         );
     }
@@ -239,7 +239,7 @@ async fn deliveries_are_listed_newest_first_by_cursor_and_status_to_their_tenant
     let (_, dead) = api.get("/v1/dead-letters", &other.key).await;
     assert_eq!(dead["data"], json!([]));
     let (status, _) = api.get("/v1/deliveries/not-a-batch", &tenant.key).await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 400);
 
     // Scopes: reading needs `read`, replaying needs `manage`.
     let publish_only = key_with(&api, &tenant, &["publish"]).await;
@@ -308,7 +308,7 @@ async fn deliveries_are_listed_newest_first_by_cursor_and_status_to_their_tenant
         .await;
     assert_eq!(
         (status, body["error"]["type"].clone()),
-        (422, json!("unprocessable"))
+        (400, json!("bad_request"))
     );
 
     gateway.stop().await.unwrap();

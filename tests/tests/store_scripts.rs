@@ -1,6 +1,7 @@
 //! The delivery log's Lua scripts against the real Redis: claims keep a job from
-//! POSTing twice, statuses only move forward within a series, a new series starts
-//! over, and failed batches come and go from the tenant's dead letters.
+//! POSTing twice, statuses only move forward within a series, a holder taken over
+//! after its lease changes nothing, a new series starts over, and failed batches
+//! come and go from the tenant's dead letters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -89,6 +90,7 @@ async fn the_same_attempt_twice_is_done_and_a_held_one_is_busy() {
     assert!(s
         .finish(
             &j,
+            "w1:1",
             Some(&attempt(&j, 200, "delivered")),
             DeliveryStatus::Delivered,
             RETENTION
@@ -120,6 +122,7 @@ async fn a_late_failed_never_moves_a_delivered_batch_back() {
     assert!(s
         .finish(
             &first,
+            "w1:1",
             Some(&attempt(&first, 503, "retrying")),
             DeliveryStatus::Retrying,
             RETENTION
@@ -131,6 +134,7 @@ async fn a_late_failed_never_moves_a_delivered_batch_back() {
     assert!(s
         .finish(
             &second,
+            "w1:2",
             Some(&attempt(&second, 200, "delivered")),
             DeliveryStatus::Delivered,
             RETENTION
@@ -145,7 +149,13 @@ async fn a_late_failed_never_moves_a_delivered_batch_back() {
         DeliveryStatus::Pending,
     ] {
         let applied = s
-            .finish(&first, Some(&attempt(&first, 500, "late")), late, RETENTION)
+            .finish(
+                &first,
+                "w1:1",
+                Some(&attempt(&first, 500, "late")),
+                late,
+                RETENTION,
+            )
             .await
             .unwrap();
         assert!(!applied, "{late:?} after delivered must not apply");
@@ -170,6 +180,7 @@ async fn a_new_series_resets_to_pending_and_supersedes_the_old_one() {
     assert!(s
         .finish(
             &old,
+            "w1:1",
             Some(&attempt(&old, 404, "the endpoint answered 404")),
             DeliveryStatus::Failed,
             RETENTION
@@ -210,7 +221,7 @@ async fn a_new_series_resets_to_pending_and_supersedes_the_old_one() {
         Claim::Superseded
     );
     assert!(!s
-        .finish(&old, None, DeliveryStatus::Cancelled, RETENTION)
+        .finish(&old, "w1:1", None, DeliveryStatus::Cancelled, RETENTION)
         .await
         .unwrap());
     assert_eq!(status(s, &old.batch_id).await, DeliveryStatus::Pending);
@@ -240,6 +251,7 @@ async fn a_parked_job_is_marked_failed_unless_its_series_has_ended() {
     claim(s, &retrying, "w:1").await;
     s.finish(
         &retrying,
+        "w:1",
         Some(&attempt(&retrying, 500, "retrying")),
         DeliveryStatus::Retrying,
         RETENTION,
@@ -256,6 +268,7 @@ async fn a_parked_job_is_marked_failed_unless_its_series_has_ended() {
     claim(s, &delivered, "w:2").await;
     s.finish(
         &delivered,
+        "w:2",
         Some(&attempt(&delivered, 200, "delivered")),
         DeliveryStatus::Delivered,
         RETENTION,
@@ -347,5 +360,151 @@ async fn listings_page_through_equal_timestamps_without_gaps_or_repeats() {
         .unwrap();
     assert_eq!(failed.items.len(), 3);
     assert!(failed.next.is_none());
+    env.cleanup().await;
+}
+
+async fn claim_leased(store: &Store, job: &DeliveryJob, holder: &str, lease: Duration) -> Claim {
+    let body = job.envelope().to_body();
+    store
+        .claim(ClaimRequest {
+            job,
+            holder,
+            lease,
+            payload: &body,
+            retention: RETENTION,
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits until the claim of `job`'s attempt has expired.
+async fn wait_lease_end(env: &TestEnv, job: &DeliveryJob) {
+    let key = env
+        .store
+        .keys()
+        .claim(&job.batch_id, job.series, job.attempt);
+    let conn = redis::Client::open(courier_tests::REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    courier_tests::wait_until("the lease to end", Duration::from_secs(5), || {
+        let (key, mut conn) = (key.clone(), conn.clone());
+        async move {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (!exists).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stale_holders_finish_does_not_overwrite_the_newer_attempt() {
+    let env = TestEnv::new("stale").await;
+    let s = &env.store;
+    let j = job(BatchId::generate(), 1, 1);
+    let short = Duration::from_millis(200);
+
+    // The first holder stalls past its lease; a second copy takes the attempt over.
+    assert_eq!(claim_leased(s, &j, "w1:1", short).await, Claim::Claimed);
+    wait_lease_end(&env, &j).await;
+    assert_eq!(claim(s, &j, "w2:1").await, Claim::Claimed);
+
+    // The first comes back late with a permanent failure: logged, nothing more.
+    let late = s
+        .finish(
+            &j,
+            "w1:1",
+            Some(&attempt(&j, 410, "the endpoint answered 410")),
+            DeliveryStatus::Failed,
+            RETENTION,
+        )
+        .await
+        .unwrap();
+    assert!(!late, "a stale holder's result must not apply");
+    let record = s.delivery(&j.batch_id).await.unwrap().unwrap();
+    assert_eq!(record.status, DeliveryStatus::Pending);
+    assert_eq!(record.reason, None);
+    assert_eq!(record.attempts.len(), 1, "its attempt is still logged");
+    assert!(dead_letters(s).await.is_empty());
+    match claim(s, &j, "w3:1").await {
+        Claim::Busy(_) => {}
+        other => panic!("the takeover still holds the claim, got {other:?}"),
+    }
+
+    // The takeover's delivery is what the batch ends as.
+    assert!(s
+        .finish(
+            &j,
+            "w2:1",
+            Some(&attempt(&j, 200, "delivered")),
+            DeliveryStatus::Delivered,
+            RETENTION,
+        )
+        .await
+        .unwrap());
+    let record = s.delivery(&j.batch_id).await.unwrap().unwrap();
+    assert_eq!(record.status, DeliveryStatus::Delivered);
+    assert_eq!(record.attempts.len(), 2);
+    assert_eq!(claim(s, &j, "w3:1").await, Claim::Done);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_ran_out_untaken_still_finishes() {
+    let env = TestEnv::new("lapsed").await;
+    let s = &env.store;
+    let j = job(BatchId::generate(), 1, 1);
+    assert_eq!(
+        claim_leased(s, &j, "w1:1", Duration::from_millis(200)).await,
+        Claim::Claimed
+    );
+    wait_lease_end(&env, &j).await;
+    assert!(s
+        .finish(
+            &j,
+            "w1:1",
+            Some(&attempt(&j, 404, "the endpoint answered 404")),
+            DeliveryStatus::Failed,
+            RETENTION,
+        )
+        .await
+        .unwrap());
+    assert_eq!(status(s, &j.batch_id).await, DeliveryStatus::Failed);
+    assert_eq!(dead_letters(s).await, [j.batch_id]);
+    assert_eq!(claim(s, &j, "w2:1").await, Claim::Done);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_later_attempt_that_finds_no_record_creates_it_with_the_payload() {
+    let env = TestEnv::new("norecord").await;
+    let s = &env.store;
+    // A retry whose record is gone (expired, or the first attempt never claimed).
+    let j = job(BatchId::generate(), 1, 1).next_attempt(Utc::now());
+    assert_eq!(claim(s, &j, "w1:2").await, Claim::Claimed);
+    let record = s.delivery(&j.batch_id).await.unwrap().unwrap();
+    assert_eq!(record.status, DeliveryStatus::Pending);
+    assert_eq!(record.event_ids, ["evt_1"]);
+    assert_eq!(
+        record.payload.get().as_bytes(),
+        j.envelope().to_body().as_slice()
+    );
+
+    // A replay (a new series) of an existing record moves it on without resending it.
+    let replay = DeliveryJob {
+        series: 2,
+        attempt: 1,
+        ..j.clone()
+    };
+    assert_eq!(claim(s, &replay, "w1:3").await, Claim::Claimed);
+    let moved = s.delivery(&j.batch_id).await.unwrap().unwrap();
+    assert_eq!((moved.series, moved.status), (2, DeliveryStatus::Pending));
+    assert_eq!(moved.payload.get(), record.payload.get());
+    assert_eq!(moved.event_ids, record.event_ids);
     env.cleanup().await;
 }

@@ -57,3 +57,37 @@ pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connect
         .map_err(|_| BrokerError::ConnectTimeout(timeout))?
         .map_err(BrokerError::from)
 }
+
+/// How long closing a connection may take: the broker's `close-ok`, then the end
+/// of lapin's I/O thread.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `conn` and waits until lapin's I/O thread has ended (at most a few
+/// seconds each).
+///
+/// That thread outlives the `close-ok` for a moment: returning before it ends can
+/// let the tokio runtime shut down under it, and it then logs its socket's failure
+/// as an error. Channels should still be open when this is called: a channel closed
+/// on its own while its connection closes is forgotten twice by lapin, which logs a
+/// connection error (`invalid channel`).
+pub async fn close(conn: Connection, reason: &str) {
+    if conn.status().connected() {
+        match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing the broker connection"),
+            Err(_) => tracing::debug!("the broker did not confirm closing the connection"),
+        }
+    }
+    // `Connection::run` joins the I/O thread, blocking: on a thread of its own, so
+    // that a thread that does not end cannot hold up the runtime's shutdown.
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let joined = std::thread::Builder::new()
+        .name("amqp-close".into())
+        .spawn(move || {
+            let _ = conn.run();
+            let _ = done.send(());
+        });
+    if joined.is_ok() && tokio::time::timeout(CLOSE_TIMEOUT, ended).await.is_err() {
+        tracing::debug!("the broker connection's I/O thread did not end in time");
+    }
+}

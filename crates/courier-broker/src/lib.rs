@@ -7,17 +7,21 @@
 //! - [`connection`]: connecting with the tokio executor, a heartbeat and a timeout.
 //! - [`supervisor`]: a connection that reconnects, re-declares and reopens by itself.
 //! - [`dead`]: reading why and from where a parked message came.
+//! - [`rotation`]: going through `courier.dead` without handing messages back (which
+//!   would count toward its delivery limit).
 //! - [`headers`]: text headers of a consumed message (trace context, `x-courier-*`).
 
 pub mod connection;
 pub mod dead;
 pub mod headers;
 pub mod publisher;
+pub mod rotation;
 pub mod supervisor;
 pub mod topology;
 
 pub use connection::{connect, BrokerError};
 pub use publisher::{Message, Publisher};
+pub use rotation::Rotation;
 pub use supervisor::{Broker, BrokerSettings};
 pub use topology::Topology;
 

@@ -94,11 +94,12 @@ impl Publisher {
         }
     }
 
-    /// Closes the channel once in-flight confirms are in.
-    pub async fn close(&self) {
+    /// Waits until the broker has answered everything published on the channel
+    /// (at most the confirm timeout). The channel itself closes with its
+    /// connection ([`Broker::shutdown`](crate::Broker::shutdown)).
+    pub async fn settle(&self) {
         if let Ok(channel) = self.channel() {
-            let _ = channel.wait_for_confirms().await;
-            let _ = channel.close(200, "closing").await;
+            let _ = tokio::time::timeout(self.confirm_timeout, channel.wait_for_confirms()).await;
         }
     }
 

@@ -41,6 +41,8 @@ struct Shared {
     /// Bumped on every (re)connection and loss; waiters watch it.
     epoch: watch::Sender<u64>,
     lost: Notify,
+    /// Channels kept open until their connection closes (see [`Broker::hold`]).
+    held: std::sync::Mutex<Vec<Channel>>,
 }
 
 /// A handle on the supervised connection. Cheap to clone.
@@ -66,6 +68,7 @@ impl Broker {
                 live: RwLock::new(None),
                 epoch: watch::channel(0).0,
                 lost: Notify::new(),
+                held: std::sync::Mutex::new(Vec::new()),
             }),
         };
         let task = tokio::spawn(broker.clone().supervise(stop));
@@ -77,8 +80,9 @@ impl Broker {
         broker
     }
 
-    /// Stops supervising and closes the connection (after everything that acks or
-    /// publishes on it is done).
+    /// Stops supervising and closes the connection, with every channel on it, once
+    /// lapin's I/O thread has ended too. Call it after everything that acks or
+    /// publishes on the connection is done (consumers stopped, confirms in).
     pub async fn shutdown(&self) {
         self.shared.stop.cancel();
         let task = self
@@ -141,6 +145,13 @@ impl Broker {
         }
     }
 
+    /// The current connection, if there is one now.
+    pub fn current_connection(&self) -> Option<Arc<Connection>> {
+        self.live()
+            .filter(|l| l.conn.status().connected())
+            .map(|l| l.conn)
+    }
+
     /// Waits up to `timeout` for a connection; whether there is one.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let never = CancellationToken::new();
@@ -152,6 +163,29 @@ impl Broker {
     /// Tells the supervisor the connection looks broken (e.g. a consumer ended).
     pub fn report_lost(&self) {
         self.shared.lost.notify_one();
+    }
+
+    /// Keeps `channel` open until its connection closes, instead of letting it close
+    /// when its last handle is dropped. A consumer's channel is held this way: the
+    /// connection's close closes it (and hands its unacked messages back), whereas
+    /// a channel closing on its own while the connection closes is forgotten twice
+    /// by lapin, which then logs a connection error.
+    pub fn hold(&self, channel: Channel) {
+        let mut held = self
+            .shared
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.retain(|c| c.status().connected());
+        held.push(channel);
+    }
+
+    fn release_held(&self) {
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     async fn establish(&self) -> Result<Live, BrokerError> {
@@ -249,11 +283,40 @@ impl Broker {
                 }
             }
             self.set_live(None);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), live.conn.close(200, "reconnecting"))
-                    .await;
-            if !stop.is_cancelled() {
+            // The publishing channel (`channel`, `live.channel`) stays open until the
+            // connection's close closes it.
+            if stop.is_cancelled() {
+                close_when_released(live.conn).await;
+            } else {
+                let _ =
+                    tokio::time::timeout(RELEASE_WAIT, live.conn.close(200, "reconnecting")).await;
                 tracing::warn!("lost the broker connection; reconnecting");
+            }
+            self.release_held();
+        }
+    }
+}
+
+/// How long the last users of a connection may take to let go of it.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Closes the connection once no one else holds it (its consumers have ended), so
+/// that the close can wait for lapin's I/O thread; if someone still holds it after
+/// a while, it is closed without that wait.
+async fn close_when_released(conn: Arc<Connection>) {
+    let reason = "stopping";
+    let until = tokio::time::Instant::now() + RELEASE_WAIT;
+    let mut conn = conn;
+    loop {
+        match Arc::try_unwrap(conn) {
+            Ok(owned) => return crate::connection::close(owned, reason).await,
+            Err(shared) if tokio::time::Instant::now() >= until => {
+                let _ = tokio::time::timeout(RELEASE_WAIT, shared.close(200, reason)).await;
+                return;
+            }
+            Err(shared) => {
+                conn = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Dead letters go through a fanout exchange, `courier.dead`, bound to two quorum
 //! queues: `courier.dead`, which keeps every parked message for operators (nothing
-//! consumes it; the operator API lists, requeues and discards), and
+//! consumes it; the operator API lists, requeues and discards, see
+//! [`crate::rotation`]), and
 //! `courier.dead.log`, whose copy the worker consumes to mark parked delivery jobs
 //! `failed` in the delivery log.
 
@@ -18,6 +19,13 @@ use crate::BrokerError;
 /// Redeliveries a quorum queue allows before parking a message in `courier.dead`:
 /// high enough that an outage's requeues do not park healthy messages.
 pub const DELIVERY_LIMIT: i64 = 50;
+
+/// Redeliveries `courier.dead` allows. Nothing consumes it, and operator tools read
+/// it without handing messages back ([`crate::rotation`]), so only a gateway
+/// that dies in the middle of an operation counts toward it; it is explicit because
+/// RabbitMQ 4 gives a quorum queue without one a limit of 20, and a message past
+/// the limit of the last queue would be dropped.
+pub const PARKED_DELIVERY_LIMIT: i64 = 1_000;
 
 /// Routing key of delivery jobs on the `courier.deliveries` direct exchange.
 pub const DELIVERY_ROUTING_KEY: &str = "deliver";
@@ -172,10 +180,23 @@ impl Topology {
         args
     }
 
+    /// Arguments of `courier.dead`: a quorum queue with an explicit delivery limit.
+    fn dead_queue_args() -> FieldTable {
+        let mut args = quorum_args();
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(PARKED_DELIVERY_LIMIT),
+        );
+        args
+    }
+
     /// Declares the delay queues of the ladder, idempotently (the worker does, at start).
     pub async fn declare_ladder(&self, conn: &Connection) -> Result<(), BrokerError> {
         for rung in self.ladder.rungs() {
-            ensure_queue(conn, &self.delay_queue(*rung), self.delay_queue_args(*rung)).await?;
+            let queue = self.delay_queue(*rung);
+            ensure_queue(conn, &queue, self.delay_queue_args(*rung))
+                .await?
+                .warn_if_different(&queue);
         }
         Ok(())
     }
@@ -210,17 +231,35 @@ impl Topology {
             FieldTable::default(),
         )
         .await?;
-        // Nothing consumes courier.dead: its messages wait for an operator, however
-        // often they are listed, so it has no delivery limit.
-        ensure_queue(conn, &self.dead_queue(), quorum_args()).await?;
+        let dead_queue = self.dead_queue();
+        if let Declared::Different(reason) =
+            ensure_queue(conn, &dead_queue, Self::dead_queue_args()).await?
+        {
+            // Declared by an earlier version, without a delivery limit. Its arguments
+            // cannot change in place: it is used as it is (see docs/deploy.md).
+            tracing::warn!(
+                queue = dead_queue,
+                %reason,
+                "the dead-letter queue was declared without x-delivery-limit {PARKED_DELIVERY_LIMIT} \
+                 (by an earlier version); it is used as it is. Operator tools no longer \
+                 count toward its limit, but RabbitMQ 4 gives it a limit of 20: set a \
+                 delivery-limit policy on it, or recreate it once it is empty"
+            );
+        }
         let mut dead_log_args = quorum_args();
         dead_log_args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        ensure_queue(conn, &self.dead_log_queue(), dead_log_args).await?;
-        ensure_queue(conn, &self.events_queue(), self.work_queue_args()).await?;
-        ensure_queue(conn, &self.deliveries(), self.work_queue_args()).await?;
+        for (queue, args) in [
+            (self.dead_log_queue(), dead_log_args),
+            (self.events_queue(), self.work_queue_args()),
+            (self.deliveries(), self.work_queue_args()),
+        ] {
+            ensure_queue(conn, &queue, args)
+                .await?
+                .warn_if_different(&queue);
+        }
         ch.queue_bind(
             &self.events_queue(),
             &self.events_exchange(),
@@ -275,7 +314,29 @@ pub fn quorum_args() -> FieldTable {
     args
 }
 
-async fn ensure_queue(conn: &Connection, name: &str, args: FieldTable) -> Result<(), BrokerError> {
+/// What declaring a queue came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Declared {
+    /// The queue exists (now) with these arguments.
+    Declared,
+    /// It existed with other arguments (set by an operator, or an earlier version),
+    /// and is used as it is; the broker's words.
+    Different(String),
+}
+
+impl Declared {
+    fn warn_if_different(self, queue: &str) {
+        if let Self::Different(reason) = self {
+            tracing::warn!(queue, %reason, "queue exists with other arguments; using it as it is");
+        }
+    }
+}
+
+async fn ensure_queue(
+    conn: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> Result<Declared, BrokerError> {
     // A refused declare closes its channel, so it gets its own.
     let ch = conn.create_channel().await?;
     let options = QueueDeclareOptions {
@@ -285,13 +346,11 @@ async fn ensure_queue(conn: &Connection, name: &str, args: FieldTable) -> Result
     match ch.queue_declare(name, options, args).await {
         Ok(_) => {
             ch.close(200, "declared").await?;
-            Ok(())
+            Ok(Declared::Declared)
         }
-        // 406 PRECONDITION_FAILED: the queue exists with other arguments (set by an
-        // operator, or an older version). It is used as it is.
+        // 406 PRECONDITION_FAILED: the queue exists with other arguments.
         Err(lapin::Error::ProtocolError(e)) if e.get_id() == 406 => {
-            tracing::warn!(queue = name, reason = %e, "queue exists with other arguments; using it as it is");
-            Ok(())
+            Ok(Declared::Different(e.get_message().to_string()))
         }
         Err(e) => Err(e.into()),
     }
@@ -318,6 +377,21 @@ mod tests {
         assert!(queues.contains(&"p.courier.delay.7200000".to_owned()));
         assert!(t.exchanges().contains(&"p.courier.dead".to_owned()));
         assert_eq!(Topology::new("").delay_queues().len(), 9);
+    }
+
+    #[test]
+    fn the_dead_letter_queue_sets_its_delivery_limit_explicitly() {
+        let args = Topology::dead_queue_args();
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            get("x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(PARKED_DELIVERY_LIMIT))
+        );
+        const { assert!(PARKED_DELIVERY_LIMIT >= DELIVERY_LIMIT) };
     }
 
     #[test]

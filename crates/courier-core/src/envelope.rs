@@ -59,6 +59,29 @@ pub struct DeliveryJob {
 }
 
 impl DeliveryJob {
+    /// The first attempt, due `now`, of a delivery of one event alone to one
+    /// webhook, under the batch id such a delivery always gets
+    /// ([`BatchId::for_single`]).
+    pub fn single(
+        tenant_id: TenantId,
+        webhook_id: WebhookId,
+        generation: u64,
+        event: EnvelopeEvent,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            batch_id: BatchId::for_single(&webhook_id, &event.event_id),
+            tenant_id,
+            webhook_id,
+            generation,
+            series: 1,
+            attempt: 1,
+            created_at: now,
+            due_at: now,
+            events: vec![event],
+        }
+    }
+
     pub fn envelope(&self) -> BatchEnvelope<'_> {
         BatchEnvelope::new(self.batch_id, self.created_at, &self.events)
     }
@@ -140,6 +163,26 @@ mod tests {
         assert_eq!(v["batchId"], id.to_string());
         assert_eq!(v["events"][0]["eventId"], "e1");
         assert_eq!(v["events"][0]["data"]["objectId"], "p1");
+    }
+
+    #[test]
+    fn a_single_event_job_has_the_batch_id_of_its_webhook_and_event() {
+        let wh = WebhookId::parse("wh_1").unwrap();
+        let now = Utc::now();
+        let job = DeliveryJob::single(
+            TenantId::parse("acme").unwrap(),
+            wh.clone(),
+            3,
+            event("e1"),
+            now,
+        );
+        assert_eq!(
+            job.batch_id,
+            BatchId::for_single(&wh, &EventId::parse("e1").unwrap())
+        );
+        assert_eq!((job.series, job.attempt, job.generation), (1, 1, 3));
+        assert_eq!((job.created_at, job.due_at), (now, now));
+        assert_eq!(job.event_ids().collect::<Vec<_>>(), ["e1"]);
     }
 
     #[test]

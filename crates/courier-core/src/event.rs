@@ -12,6 +12,9 @@ use crate::ids::{EventId, TenantId};
 /// Most events one ingest request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
+/// Most field names one event's `propertiesUpdated` may list.
+pub const MAX_PROPERTIES_UPDATED: usize = 500;
+
 /// Deepest nesting of objects and arrays an event's `data` may have (the `data`
 /// object itself is level 1). Receivers' parsers have limits of their own, and deep
 /// documents cost every hop of the pipeline.
@@ -141,7 +144,15 @@ fn check_common(
         );
     }
     if let Some(props) = properties_updated {
-        if props.iter().any(|p| p.is_empty() || p.len() > 128) {
+        if props.len() > MAX_PROPERTIES_UPDATED {
+            errors.add(
+                format!("{prefix}propertiesUpdated"),
+                format!(
+                    "lists {} field names; at most {MAX_PROPERTIES_UPDATED} are allowed",
+                    props.len()
+                ),
+            );
+        } else if props.iter().any(|p| p.is_empty() || p.len() > 128) {
             errors.add(
                 format!("{prefix}propertiesUpdated"),
                 "field names are 1 to 128 characters",
@@ -381,6 +392,33 @@ mod tests {
             errs.get("data"),
             Some("nests objects and arrays more than 32 levels deep")
         );
+    }
+
+    #[test]
+    fn properties_updated_lists_at_most_its_limit_over_http_and_amqp() {
+        let event = |n: usize| {
+            let props: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+            serde_json::json!({
+                "tenantId": "acme", "objectType": "Prospect", "eventType": "EntityUpdated",
+                "data": {}, "propertiesUpdated": props
+            })
+        };
+        let at = event(MAX_PROPERTIES_UPDATED);
+        assert!(ingest(&at.to_string()).is_ok());
+        let over = event(MAX_PROPERTIES_UPDATED + 1);
+        let errs = ingest(&over.to_string()).unwrap_err();
+        assert_eq!(
+            errs.get("propertiesUpdated"),
+            Some("lists 501 field names; at most 500 are allowed")
+        );
+        let body = serde_json::to_vec(&event(100_000)).unwrap();
+        match Event::from_message(&body, None, &Catalog::builtin(), Utc::now()) {
+            Err(InvalidEvent::Invalid(errs)) => assert_eq!(
+                errs.get("propertiesUpdated"),
+                Some("lists 100000 field names; at most 500 are allowed")
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -131,16 +131,23 @@ impl BatchId {
         Self(Uuid::new_v5(&BATCH_NAMESPACE, name.as_bytes()))
     }
 
-    /// The id of a webhook's `seq`-th accumulated batch, fixed when the batch is cut
-    /// (and so the same for every replica that hands it on, retry and replay).
-    pub fn for_batch(webhook: &WebhookId, seq: u64) -> Self {
+    /// The id that earlier versions gave a webhook's `seq`-th accumulated batch, when
+    /// a per-webhook counter numbered them. Only for reading the batches such a
+    /// version left pending: a counter can repeat (a Redis failover rolls it back), so
+    /// new batches take a fresh id ([`BatchId::generate`]) at their cut.
+    pub fn counted(webhook: &WebhookId, seq: u64) -> Self {
         let name = format!("{webhook}\nbatch:{seq}");
         Self(Uuid::new_v5(&BATCH_NAMESPACE, name.as_bytes()))
     }
 
-    /// A fresh random id.
+    /// A fresh time-ordered id (UUIDv7: the time in milliseconds, then random bits).
     pub fn generate() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// The id as 32 hex digits, the form the batch accumulator's scripts take.
+    pub fn simple(&self) -> String {
+        self.0.simple().to_string()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -202,9 +209,22 @@ mod tests {
         assert_ne!(a, BatchId::for_single(&other, &evt));
         assert_eq!(a.as_uuid().get_version_num(), 5);
         assert_eq!(BatchId::parse(&a.to_string()), Some(a));
-        assert_eq!(BatchId::for_batch(&wh, 7), BatchId::for_batch(&wh, 7));
-        assert_ne!(BatchId::for_batch(&wh, 7), BatchId::for_batch(&wh, 8));
-        assert_ne!(BatchId::for_batch(&wh, 7), BatchId::for_batch(&other, 7));
+        // What earlier versions derived from their counter, read back unchanged.
+        assert_eq!(
+            BatchId::counted(&wh, 7).to_string(),
+            "2f061f13-acb0-55f3-a53d-c7e3203788b1"
+        );
+        assert_ne!(BatchId::counted(&wh, 7), BatchId::counted(&wh, 8));
+        assert_ne!(BatchId::counted(&wh, 7), BatchId::counted(&other, 7));
+    }
+
+    #[test]
+    fn generated_batch_ids_are_time_ordered_and_read_back_from_their_simple_form() {
+        let a = BatchId::generate();
+        assert_eq!(a.as_uuid().get_version_num(), 7);
+        assert_eq!(a.simple().len(), 32);
+        assert_eq!(BatchId::parse(&a.simple()), Some(a));
+        assert_ne!(a, BatchId::generate());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`catalog`]: the event catalog, event keys and subscription patterns.
 //! - [`event`]: events as upstream sends them and as the pipeline carries them.
 //! - [`envelope`]: the batch envelope a subscriber receives and the delivery job.
+//! - [`batch_codec`]: how the batch accumulator stores waiting events and cut
+//!   batches (structured, length-framed; read by the Redis adapter).
 //! - [`webhook`]: webhook fields, validation and the "does it want this event" decision.
 //! - [`signing`]: Standard Webhooks and hmac-sha256-hex signatures, secrets.
 //! - [`keyring`]: encryption of secrets at rest under rotating keys.
@@ -15,6 +17,7 @@
 //! - [`errors`]: per-field validation problems.
 
 pub mod audit;
+pub mod batch_codec;
 pub mod catalog;
 pub mod delivery;
 pub mod envelope;

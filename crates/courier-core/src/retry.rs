@@ -3,6 +3,29 @@
 
 use std::time::Duration;
 
+/// The longest delay a retry schedule may list, and the longest a receiver's
+/// `Retry-After` is honoured: a day. A later attempt is seldom of use, and the bound
+/// keeps a job from waiting in the delay queues for longer.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Each wait before a retry is lengthened by a random part of up to this share of
+/// it, so that the retries of deliveries that failed together (an endpoint that was
+/// down) do not all come back at the same moment.
+pub const JITTER: f64 = 0.2;
+
+/// `delay` lengthened by `unit` × [`JITTER`] of itself (`unit` in `[0, 1]`, e.g.
+/// drawn at random), never beyond [`MAX_RETRY_DELAY`] unless `delay` already is:
+/// the schedule's delays and a `Retry-After` stay lower bounds.
+pub fn jittered(delay: Duration, unit: f64) -> Duration {
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let extra = delay.mul_f64(JITTER * unit);
+    delay.saturating_add(extra).min(delay.max(MAX_RETRY_DELAY))
+}
+
 use serde::{Deserialize, Serialize};
 
 use crate::errors::FieldErrors;
@@ -119,7 +142,8 @@ pub struct RetryInput {
     /// Attempts in a series, at most the schedule's length and the deployment's limit.
     pub max_attempts: Option<i64>,
     /// Delays before each attempt (`schedule[0]` is `0s`), e.g. `["0s", "1m", "5m"]`;
-    /// the deployment's default when absent.
+    /// the deployment's default when absent. At most the deployment's attempt limit
+    /// of delays, each at most 24h.
     #[cfg_attr(feature = "openapi", schema(example = json!(["0s", "1m", "5m", "30m", "2h"])))]
     pub schedule: Option<Vec<String>>,
     /// Retry 4xx answers other than 408 and 429 too.
@@ -155,14 +179,22 @@ impl RetryInput {
             );
             None
         });
-        if let (Some(s), None) = (&schedule, self.max_attempts) {
-            // Without maxAttempts a schedule longer than the limit could never be used.
+        if let Some(s) = &schedule {
+            // Delays past the attempt limit could never be used.
             if s.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
                 errors.add(
                     "retryPolicy.schedule",
                     format!(
-                        "lists {} delays but at most {limit} attempts are allowed; set maxAttempts",
+                        "lists {} delays but at most {limit} attempts are allowed",
                         s.len()
+                    ),
+                );
+            } else if s.longest() > MAX_RETRY_DELAY {
+                errors.add(
+                    "retryPolicy.schedule",
+                    format!(
+                        "delays must be at most {}h",
+                        MAX_RETRY_DELAY.as_secs() / 3600
                     ),
                 );
             }
@@ -206,14 +238,15 @@ impl RetryPolicy {
 
     /// The delay before the attempt after `attempt` (1-based), or `None` when
     /// `attempt` was the last. A receiver's `Retry-After` can lengthen the delay, up
-    /// to the schedule's longest.
+    /// to the schedule's longest; neither goes beyond [`MAX_RETRY_DELAY`] (a
+    /// schedule stored or configured before that bound is held to it here).
     pub fn next_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
         if attempt >= self.max_attempts {
             return None;
         }
         let scheduled = *self.schedule.delays().get(usize::try_from(attempt).ok()?)?;
         let asked = retry_after.map_or(Duration::ZERO, |d| d.min(self.schedule.longest()));
-        Some(scheduled.max(asked))
+        Some(scheduled.max(asked).min(MAX_RETRY_DELAY))
     }
 }
 
@@ -330,6 +363,66 @@ mod tests {
         assert_eq!(p.next_delay(1, Some(secs(2))), Some(secs(2)));
         assert_eq!(p.next_delay(1, Some(secs(100))), Some(secs(5)));
         assert_eq!(p.next_delay(2, Some(secs(1))), Some(secs(5)));
+    }
+
+    #[test]
+    fn delays_and_retry_after_are_held_to_a_day() {
+        let settings = RetrySettings {
+            // As stored before the bound: read, but not waited for in full.
+            schedule: Some(Schedule::parse_list("0s,1s,100d").unwrap()),
+            ..Default::default()
+        };
+        let p = RetryPolicy::effective(&settings, &defaults());
+        assert_eq!(p.next_delay(2, None), Some(MAX_RETRY_DELAY));
+        assert_eq!(p.next_delay(1, Some(secs(u64::MAX))), Some(MAX_RETRY_DELAY));
+        let p = RetryPolicy::effective(&RetrySettings::default(), &defaults());
+        assert_eq!(
+            p.next_delay(1, Some(secs(365 * 24 * 3600))),
+            Some(secs(7200)),
+            "Retry-After is honoured up to the schedule's longest"
+        );
+    }
+
+    #[test]
+    fn jitter_only_lengthens_by_at_most_a_fifth() {
+        let d = secs(100);
+        assert_eq!(jittered(d, 0.0), d);
+        assert_eq!(jittered(d, 1.0), secs(120));
+        assert_eq!(jittered(d, 0.5), secs(110));
+        for odd in [-3.0, 7.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let j = jittered(d, odd);
+            assert!(j >= d && j <= secs(120), "{odd}: {j:?}");
+        }
+        assert_eq!(jittered(Duration::ZERO, 1.0), Duration::ZERO);
+        assert_eq!(jittered(MAX_RETRY_DELAY, 1.0), MAX_RETRY_DELAY);
+        assert_eq!(jittered(Duration::MAX, 1.0), Duration::MAX);
+        let near = MAX_RETRY_DELAY - secs(60);
+        assert_eq!(jittered(near, 1.0), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn schedules_past_the_bounds_are_refused() {
+        let check = |max_attempts: Option<i64>, schedule: &[&str]| {
+            let mut errors = FieldErrors::default();
+            RetryInput {
+                max_attempts,
+                schedule: Some(schedule.iter().map(|s| (*s).to_owned()).collect()),
+                retry_client_errors: None,
+            }
+            .validate(&defaults(), &mut errors);
+            errors.get("retryPolicy.schedule").map(str::to_owned)
+        };
+        assert_eq!(check(None, &["0s", "1m", "24h"]), None);
+        assert_eq!(
+            check(None, &["0s", "1m", "24h 1s"]).as_deref(),
+            Some("delays must be at most 24h")
+        );
+        assert_eq!(
+            check(Some(2), &["0s", "1s", "2s", "3s", "4s", "5s"]).as_deref(),
+            Some("lists 6 delays but at most 5 attempts are allowed"),
+            "even with maxAttempts, entries past the limit are refused"
+        );
+        assert_eq!(check(Some(2), &["0s", "1s", "2s", "3s", "4s"]), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Webhooks (subscriptions): their validated fields, the stored record, and the
 //! decision of whether an event goes to a webhook.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -22,14 +22,27 @@ pub const MAX_HEADER_VALUE_LEN: usize = 1024;
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 
 /// Header names a webhook may not set: Courier owns them.
-const RESERVED_HEADERS: [&str; 5] = [
-    "content-type",
-    "content-length",
-    "host",
-    "user-agent",
-    "traceparent",
-];
+const RESERVED_HEADERS: [&str; 3] = ["content-type", "user-agent", "traceparent"];
 const RESERVED_PREFIXES: [&str; 2] = ["webhook-", "x-courier-"];
+
+/// Header names that describe the connection or the message framing rather than the
+/// request (RFC 9110 §7.6.1 and the framing headers): set by hand they would
+/// confuse or smuggle requests through the receiver's proxies, so no webhook may
+/// set them.
+const CONNECTION_HEADERS: [&str; 12] = [
+    "connection",
+    "content-length",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// What the deployment allows as a target URL.
 #[derive(Debug, Clone, Default)]
@@ -103,6 +116,9 @@ impl WebhookUrl {
         if url.fragment().is_some() {
             return Err("must not have a fragment".into());
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(CREDENTIALS_IN_URL.into());
+        }
         // Stored normalized, which may be longer (percent-encoding, punycode); the
         // stored form must pass again, or no later PATCH of the webhook would.
         let normalized = url.to_string();
@@ -118,7 +134,26 @@ impl WebhookUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The URL as the API shows it: a password that a record stored before URLs
+    /// with credentials were refused may still carry is masked.
+    pub fn shown(&self) -> std::borrow::Cow<'_, str> {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                // Setting a password fails only for URLs that cannot have one,
+                // and this one has one.
+                let _ = url.set_password(Some("***"));
+                url.to_string().into()
+            }
+            _ => self.0.as_str().into(),
+        }
+    }
 }
+
+/// Why a URL with a user name or password is refused. Such a URL shows its
+/// credentials wherever the URL is shown (reads, the audit log, logs); a custom
+/// header's value is a secret, sealed at rest and never shown.
+pub const CREDENTIALS_IN_URL: &str = "must not carry credentials (user:password@host); send them in a custom Authorization header instead, e.g. \"Authorization\": \"Basic <base64 of user:password>\"";
 
 /// How many events may be grouped into one delivery: 0 or 1 sends each alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -160,6 +195,9 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
         return Err("is not a valid header name".into());
     }
     let lower = name.to_ascii_lowercase();
+    if CONNECTION_HEADERS.contains(&lower.as_str()) {
+        return Err("describes the connection, not the request; it cannot be set".into());
+    }
     if RESERVED_HEADERS.contains(&lower.as_str())
         || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
     {
@@ -247,7 +285,7 @@ impl CustomHeaders {
             }
         }
         let mut headers = self.0.clone();
-        headers.retain(|stored, _| !patch.keys().any(|n| n.eq_ignore_ascii_case(stored)));
+        headers.retain(|stored, _| !seen.contains(&stored.to_ascii_lowercase()));
         headers.extend(patch.into_iter().filter_map(|(n, v)| Some((n, v?))));
         headers
     }
@@ -262,9 +300,64 @@ impl std::fmt::Debug for CustomHeaders {
     }
 }
 
+/// Most field names one property filter may list.
+pub const MAX_FILTER_FIELDS: usize = 256;
+
+/// The field names of one property filter, in the order given, with a set of them
+/// built once (when the webhook is parsed or loaded), so that matching an event
+/// costs one lookup per field of its `propertiesUpdated`, whatever the filter's size.
+#[derive(Clone, Default)]
+pub struct FieldNames {
+    names: Vec<String>,
+    set: HashSet<String>,
+}
+
+impl FieldNames {
+    pub fn new(names: Vec<String>) -> Self {
+        let set = names.iter().cloned().collect();
+        Self { names, set }
+    }
+
+    /// The names, as given.
+    pub fn as_slice(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether any of `changed` is one of these names.
+    pub fn shares_any(&self, changed: &[String]) -> bool {
+        changed.iter().any(|c| self.set.contains(c))
+    }
+}
+
+impl PartialEq for FieldNames {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
+
+impl Eq for FieldNames {}
+
+impl std::fmt::Debug for FieldNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.names.fmt(f)
+    }
+}
+
+impl Serialize for FieldNames {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::deserialize(d).map(Self::new)
+    }
+}
+
 /// Update keys mapped to field names: an event of such a key is delivered only if its
 /// `propertiesUpdated` shares a field with the list (`null` is delivered, `[]` is not).
-pub type PropertyFilters = BTreeMap<String, Vec<String>>;
+pub type PropertyFilters = BTreeMap<String, FieldNames>;
 
 /// A previous signing secret that keeps signing until it expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,15 +393,33 @@ pub struct Webhook {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Whether an event of `key` with these updated properties goes to a webhook that is
+/// `active`, subscribed to `events` with these property `filters`.
+pub fn wants(
+    active: bool,
+    events: &[Pattern],
+    filters: &PropertyFilters,
+    key: &EventKey,
+    properties_updated: Option<&[String]>,
+) -> bool {
+    active
+        && events.iter().any(|p| p.matches(key))
+        && match (filters.get(key.as_str()), properties_updated) {
+            (None, _) | (Some(_), None) => true,
+            (Some(wanted), Some(changed)) => wanted.shares_any(changed),
+        }
+}
+
 impl Webhook {
     /// Whether an event of `key` with these updated properties goes to this webhook.
     pub fn wants(&self, key: &EventKey, properties_updated: Option<&[String]>) -> bool {
-        self.active
-            && self.events.iter().any(|p| p.matches(key))
-            && match (self.property_filters.get(key.as_str()), properties_updated) {
-                (None, _) | (Some(_), None) => true,
-                (Some(wanted), Some(changed)) => changed.iter().any(|c| wanted.contains(c)),
-            }
+        wants(
+            self.active,
+            &self.events,
+            &self.property_filters,
+            key,
+            properties_updated,
+        )
     }
 
     /// The secrets that sign a request made at `now`: the current one first.
@@ -446,10 +557,13 @@ impl WebhookPatch {
                 self.throttling
                     .unwrap_or(i64::from(current.throttling.get())),
             ),
-            property_filters: Some(
-                self.property_filters
-                    .unwrap_or_else(|| current.property_filters.clone()),
-            ),
+            property_filters: Some(self.property_filters.unwrap_or_else(|| {
+                current
+                    .property_filters
+                    .iter()
+                    .map(|(key, names)| (key.clone(), names.as_slice().to_vec()))
+                    .collect()
+            })),
             retry_policy: Some(self.retry_policy.unwrap_or_else(|| RetryInput {
                 max_attempts: retry.max_attempts.map(i64::from),
                 schedule: retry.schedule.as_ref().map(|s| {
@@ -572,6 +686,10 @@ impl WebhookInput {
         let headers = CustomHeaders::parse(self.headers.unwrap_or_default(), &mut errors);
         let property_filters = self.property_filters.unwrap_or_default();
         check_property_filters(&property_filters, catalog, &mut errors);
+        let property_filters = property_filters
+            .into_iter()
+            .map(|(key, names)| (key, FieldNames::new(names)))
+            .collect();
         let retry_policy = self
             .retry_policy
             .unwrap_or_default()
@@ -633,7 +751,11 @@ fn check_patterns(
     out
 }
 
-fn check_property_filters(filters: &PropertyFilters, catalog: &Catalog, errors: &mut FieldErrors) {
+fn check_property_filters(
+    filters: &BTreeMap<String, Vec<String>>,
+    catalog: &Catalog,
+    errors: &mut FieldErrors,
+) {
     for (key, fields) in filters {
         let field = format!("propertyFilters.{key}");
         match EventKey::parse(key) {
@@ -643,7 +765,15 @@ fn check_property_filters(filters: &PropertyFilters, catalog: &Catalog, errors: 
                 continue;
             }
         }
-        if fields.iter().any(|f| f.is_empty() || f.len() > 128) {
+        if fields.len() > MAX_FILTER_FIELDS {
+            errors.add(
+                field,
+                format!(
+                    "lists {} field names; at most {MAX_FILTER_FIELDS} are allowed",
+                    fields.len()
+                ),
+            );
+        } else if fields.iter().any(|f| f.is_empty() || f.len() > 128) {
             errors.add(field, "field names are 1 to 128 characters");
         }
     }
@@ -809,10 +939,10 @@ mod tests {
     fn reserved_headers_are_refused_case_insensitively() {
         for name in [
             "Content-Type",
-            "HOST",
             "User-Agent",
             "traceparent",
             "webhook-signature",
+            "X-Courier-Attempt",
         ] {
             assert_eq!(
                 check_header(name, "x"),
@@ -821,6 +951,151 @@ mod tests {
         }
         assert!(check_header("X-Api-Key", "abc").is_ok());
         assert!(check_header("X-Api-Key", "line\nbreak").is_err());
+    }
+
+    #[test]
+    fn connection_and_framing_headers_are_refused_in_any_case() {
+        for name in [
+            "Connection",
+            "TRANSFER-ENCODING",
+            "upgrade",
+            "TE",
+            "Expect",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "trailer",
+            "Host",
+            "content-length",
+            "Proxy-Authorization",
+        ] {
+            assert_eq!(
+                check_header(name, "x"),
+                Err("describes the connection, not the request; it cannot be set".into()),
+                "{name}"
+            );
+        }
+        // Names that merely start like them are ordinary headers.
+        for name in ["Connection-Id", "X-Upgrade", "Tenant", "Hosts"] {
+            assert!(check_header(name, "x").is_ok(), "{name}");
+        }
+        let mut body = minimal();
+        body["headers"] = serde_json::json!({"Transfer-Encoding": "chunked", "X-Ok": "1"});
+        let errs = create(body, PROD).unwrap_err();
+        assert_eq!(
+            errs.fields().collect::<Vec<_>>(),
+            ["headers.Transfer-Encoding"]
+        );
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_with_the_way_to_send_them() {
+        for url in [
+            "https://crm:s3cret@example.com/hook",
+            "https://crm@example.com/hook",
+            "https://:s3cret@example.com/hook",
+            "https://cr%40m:s3cret%3A@example.com/hook",
+        ] {
+            let err = WebhookUrl::parse(url, &UrlPolicy::production()).unwrap_err();
+            assert_eq!(err, CREDENTIALS_IN_URL, "{url}");
+            assert!(err.contains("Authorization"), "{err}");
+            assert!(
+                !err.contains("s3cret") && !err.contains("crm"),
+                "the error repeats no credential: {err}"
+            );
+        }
+        // An `@` in the path or query is no credential.
+        assert!(
+            WebhookUrl::parse("https://example.com/a@b?c=d@e", &UrlPolicy::production()).is_ok()
+        );
+    }
+
+    #[test]
+    fn a_stored_url_with_credentials_loads_delivers_masked_and_must_change_at_the_next_edit() {
+        let mut wh = create(minimal(), PROD).unwrap();
+        let json = serde_json::to_string(&wh).unwrap().replace(
+            "https://example.com/hook",
+            "https://crm:s3cret@example.com/hook",
+        );
+        wh = serde_json::from_str(&json).unwrap();
+        assert_eq!(wh.url.as_str(), "https://crm:s3cret@example.com/hook");
+        assert_eq!(wh.url.shown(), "https://crm:***@example.com/hook");
+        let errs = rules_apply(serde_json::json!({"name": "renamed"}), &wh).unwrap_err();
+        assert_eq!(errs.get("url"), Some(CREDENTIALS_IN_URL));
+        let fixed = rules_apply(
+            serde_json::json!({
+                "url": "https://example.com/hook",
+                "headers": {"Authorization": "Basic Y3JtOnMzY3JldA=="}
+            }),
+            &wh,
+        )
+        .unwrap();
+        assert_eq!(fixed.url.as_str(), "https://example.com/hook");
+        assert!(fixed.headers.contains("authorization"));
+        // Without a password nothing is masked.
+        let plain =
+            WebhookUrl::parse("https://example.com/hook", &UrlPolicy::production()).unwrap();
+        assert_eq!(plain.shown(), "https://example.com/hook");
+    }
+
+    #[test]
+    fn a_property_filter_lists_at_most_its_limit_of_field_names() {
+        let names = |n: usize| (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>();
+        let mut body = minimal();
+        body["propertyFilters"] =
+            serde_json::json!({"Prospect.EntityUpdated": names(MAX_FILTER_FIELDS)});
+        let wh = create(body.clone(), PROD).unwrap();
+        let upd = EventKey::parse("Prospect.EntityUpdated").unwrap();
+        let last = format!("f{}", MAX_FILTER_FIELDS - 1);
+        assert!(wh.wants(&upd, Some(&[last])));
+        body["propertyFilters"] =
+            serde_json::json!({"Prospect.EntityUpdated": names(MAX_FILTER_FIELDS + 1)});
+        let errs = create(body, PROD).unwrap_err();
+        assert_eq!(
+            errs.get("propertyFilters.Prospect.EntityUpdated"),
+            Some("lists 257 field names; at most 256 are allowed")
+        );
+    }
+
+    #[test]
+    fn matching_costs_one_lookup_per_updated_field_however_large_the_filter() {
+        // A record stored before the limit, with a filter far over it, still loads
+        // and matches; with a list of the same size this took minutes when each
+        // updated field was compared with every filtered one.
+        let wh = create(minimal(), PROD).unwrap();
+        let mut stored = serde_json::to_value(&wh).unwrap();
+        let filtered: Vec<String> = (0..100_000).map(|i| format!("field{i}")).collect();
+        stored["propertyFilters"] = serde_json::json!({ "Prospect.EntityUpdated": filtered });
+        let wh: Webhook = serde_json::from_value(stored).unwrap();
+        let upd = EventKey::parse("Prospect.EntityUpdated").unwrap();
+        let changed: Vec<String> = (0..100_000).map(|i| format!("other{i}")).collect();
+        let started = std::time::Instant::now();
+        assert!(!wh.wants(&upd, Some(&changed)));
+        let mut hit = changed.clone();
+        hit.push("field99999".into());
+        assert!(wh.wants(&upd, Some(&hit)));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn property_filters_keep_their_order_through_the_store() {
+        let mut body = minimal();
+        body["propertyFilters"] = serde_json::json!({"Prospect.EntityUpdated": ["title", "email"]});
+        let wh = create(body, PROD).unwrap();
+        let json = serde_json::to_value(&wh).unwrap();
+        assert_eq!(
+            json["propertyFilters"],
+            serde_json::json!({"Prospect.EntityUpdated": ["title", "email"]})
+        );
+        let back: Webhook = serde_json::from_value(json).unwrap();
+        assert_eq!(back, wh);
+        assert!(back.wants(
+            &EventKey::parse("Prospect.EntityUpdated").unwrap(),
+            Some(&["email".to_owned()])
+        ));
     }
 
     #[test]

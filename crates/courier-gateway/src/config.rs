@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use courier_telemetry::serve::HttpSettings;
 use courier_telemetry::{Profile, SharedSettings};
 
 /// Token accepted as the operator's in the dev profile when none is set.
@@ -21,6 +22,11 @@ pub struct GatewayConfig {
     /// Address the HTTP API listens on.
     #[arg(long, env = "COURIER_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
+
+    /// Deadlines for reading requests, the idle keep-alive timeout, the cap on
+    /// open connections and the shutdown grace of the HTTP server.
+    #[command(flatten)]
+    pub http: HttpSettings,
 
     /// Operator token for tenant administration. Required outside the dev profile,
     /// where it defaults to `dev-admin-token`.
@@ -46,6 +52,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "COURIER_TENANT_RATE_LIMIT", value_parser = crate::limits::RateLimit::parse)]
     pub tenant_rate_limit: Option<crate::limits::RateLimit>,
 
+    /// How long after a deleted tenant's data was first purged the purge goes over
+    /// it once more, removing what work in flight at the deletion wrote meanwhile;
+    /// the tenant's id can be used again after that. Longer than a delivery
+    /// attempt (the largest `timeoutMs` and then some), a batch lease and the
+    /// services' configuration caches (60 s).
+    #[arg(long, env = "COURIER_TENANT_PURGE_SETTLE", default_value = "2m", value_parser = courier_telemetry::settings::parse_duration)]
+    pub tenant_purge_settle: std::time::Duration,
+
     /// An operator command to run instead of serving.
     #[command(subcommand)]
     pub command: Option<crate::maintenance::Command>,
@@ -61,10 +75,12 @@ impl fmt::Debug for GatewayConfig {
         f.debug_struct("GatewayConfig")
             .field("shared", &self.shared)
             .field("addr", &self.addr)
+            .field("http", &self.http)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_webhooks_per_tenant", &self.max_webhooks_per_tenant)
             .field("tenant_rate_limit", &self.tenant_rate_limit)
+            .field("tenant_purge_settle", &self.tenant_purge_settle)
             .field("command", &self.command)
             .finish_non_exhaustive()
     }
@@ -76,11 +92,13 @@ impl GatewayConfig {
         Self {
             shared: SharedSettings::local(prefix),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: HttpSettings::default(),
             admin_token: None,
             max_body_bytes: 1024 * 1024,
             max_webhooks_per_tenant: 3,
             publish_timeout: std::time::Duration::from_secs(10),
             tenant_rate_limit: None,
+            tenant_purge_settle: std::time::Duration::from_secs(120),
             command: None,
             traces_override: None,
         }

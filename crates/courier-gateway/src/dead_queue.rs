@@ -1,22 +1,26 @@
 //! The operator's port on `courier.dead`, the queue that keeps every parked message
 //! (design §5): reading it, requeueing messages and discarding them.
 //!
-//! Messages are taken with `basic.get` and stay unacknowledged while an operation
-//! looks at them, so it sees each once; those it does not settle are handed back
-//! (nack with requeue) at the end. Nothing consumes `courier.dead` otherwise, and it
-//! has no delivery limit, so reading it never loses a message. Each operation runs
-//! in a task of its own, so a client that hangs up does not leave messages held.
+//! Every operation is one pass through the queue ([`Rotation`]): each message is
+//! taken and either kept, as a confirmed copy at the tail of the queue (so that
+//! after the pass the order is the same), or removed. No message is ever handed
+//! back, which a quorum queue would count toward its delivery limit: listing the
+//! queue any number of times drops nothing. One pass runs at a time across every
+//! replica (a lease in Redis; another operation waits for it a few seconds, then
+//! gets a 409), in a task of its own, so a client that hangs up does not stop it
+//! half-way. A pass goes through at most [`SCAN_LIMIT`] messages: in a longer queue
+//! those move behind the others (their order among themselves is kept).
 //!
 //! A message is known by its AMQP message id or, without one, by `sha256:` and the
 //! first 16 hex digits of its body's SHA-256.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use courier_broker::dead::DeadLetter;
 use courier_broker::headers::{text, ACCEPTED_AT_HEADER};
 use courier_broker::lapin::message::Delivery;
-use courier_broker::lapin::options::{BasicAckOptions, BasicNackOptions};
-use courier_broker::{BrokerError, Message};
+use courier_broker::{BrokerError, Message, Rotation};
 use courier_core::envelope::DeliveryJob;
 use courier_telemetry::traces::{TRACEPARENT, TRACESTATE};
 use serde_json::Value;
@@ -25,8 +29,20 @@ use sha2::{Digest, Sha256};
 use crate::replay;
 use crate::state::AppState;
 
-/// Most messages one requeue or discard looks at.
+/// Most messages one operation goes through.
 pub const SCAN_LIMIT: usize = 10_000;
+
+/// The lease one pass through the queue holds.
+const LEASE: &str = "dead-letter-queue";
+/// How long the lease lasts without being renewed (a gateway that dies mid-pass
+/// holds it this long at most).
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// The lease is renewed every so many messages.
+const RENEW_EVERY: usize = 500;
+/// How long an operation waits for another one to end.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// Bound of every broker operation of a pass.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parked message as operators see it.
 #[derive(Debug, Clone)]
@@ -35,7 +51,8 @@ pub struct ParkedMessage {
     pub id: String,
     pub message_id: Option<String>,
     pub dead: DeadLetter,
-    /// Whether the broker handed it out before (an earlier listing, say).
+    /// Whether the broker handed it out before without its being settled (an
+    /// operation that stopped half-way).
     pub redelivered: bool,
     /// The body as JSON when it parses, else as (lossy UTF-8) text.
     pub body: Value,
@@ -71,12 +88,13 @@ pub struct Requeued {
 pub enum QueueError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("acknowledging a message: {0}")]
-    Settle(#[from] courier_broker::lapin::Error),
     #[error("the operation stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Store(#[from] courier_store::StoreError),
+    /// Another operation on the queue holds it (here or on another replica).
+    #[error("another operation on the dead-letter queue is running; retry")]
+    Busy,
 }
 
 /// The id a message is selected by.
@@ -103,48 +121,121 @@ fn describe(delivery: &Delivery) -> ParkedMessage {
     }
 }
 
-async fn give_back(held: Vec<Delivery>) -> Result<(), QueueError> {
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    };
-    let mut failure = None;
-    for d in held {
-        if let Err(e) = d.acker.nack(requeue).await {
-            failure.get_or_insert(e);
-        }
-    }
-    failure.map_or(Ok(()), |e| Err(e.into()))
+/// One pass through `courier.dead` under the lease.
+struct Pass {
+    state: AppState,
+    rotation: Rotation,
+    holder: String,
+    taken: usize,
 }
 
-/// Up to `limit` messages from the head of `courier.dead`, left in the queue.
-pub async fn list(state: &AppState, limit: usize) -> Result<Vec<ParkedMessage>, QueueError> {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let queue = state.topology.dead_queue();
-        let mut held = Vec::with_capacity(limit);
-        let mut failure = None;
-        while held.len() < limit {
-            match state.publisher.get(&queue).await {
-                Ok(Some((d, _))) => held.push(d),
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+impl Pass {
+    /// Takes the lease (waiting up to [`LEASE_WAIT`] for another pass to end) and
+    /// starts the rotation.
+    async fn begin(state: &AppState) -> Result<Self, QueueError> {
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        let until = tokio::time::Instant::now() + LEASE_WAIT;
+        while !state.store.take_lease(LEASE, &holder, LEASE_TTL).await? {
+            if tokio::time::Instant::now() >= until {
+                return Err(QueueError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let started = async {
+            let conn = state
+                .broker
+                .current_connection()
+                .ok_or(BrokerError::Disconnected)?;
+            Rotation::start(
+                &conn,
+                &state.topology.dead_queue(),
+                SCAN_LIMIT,
+                BROKER_TIMEOUT,
+            )
+            .await
+        }
+        .await;
+        match started {
+            Ok(rotation) => Ok(Self {
+                state: state.clone(),
+                rotation,
+                holder,
+                taken: 0,
+            }),
+            Err(e) => {
+                let _ = state.store.release_lease(LEASE, &holder).await;
+                Err(e.into())
             }
         }
-        let listed = held.iter().map(describe).collect();
-        give_back(held).await?;
-        match failure {
-            Some(e) => Err(e.into()),
-            None => Ok(listed),
+    }
+
+    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+        self.taken += 1;
+        if self.taken % RENEW_EVERY == 0
+            && !self
+                .state
+                .store
+                .take_lease(LEASE, &self.holder, LEASE_TTL)
+                .await?
+        {
+            return Err(QueueError::Busy);
         }
+        Ok(self.rotation.next().await?)
+    }
+
+    async fn keep(&mut self, delivery: Delivery) -> Result<(), QueueError> {
+        Ok(self.rotation.keep(delivery).await?)
+    }
+
+    async fn remove(&mut self, delivery: Delivery) -> Result<(), QueueError> {
+        Ok(self.rotation.remove(delivery).await?)
+    }
+
+    /// Ends the pass (the last copies confirmed, their originals acked) and gives
+    /// the lease up; returns `result`, or the first error.
+    async fn end<T>(self, result: Result<T, QueueError>) -> Result<T, QueueError> {
+        let finished = self.rotation.finish().await;
+        let _ = self.state.store.release_lease(LEASE, &self.holder).await;
+        let value = result?;
+        finished?;
+        Ok(value)
+    }
+}
+
+/// Runs an operation in a task of its own, which the gateway waits for when it
+/// stops.
+async fn detached<T, F>(state: &AppState, op: F) -> Result<T, QueueError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, QueueError>> + Send + 'static,
+{
+    state.tasks.spawn(op).await?
+}
+
+/// Up to `limit` messages from the head of `courier.dead`, left in the queue, in
+/// the same order.
+pub async fn list(state: &AppState, limit: usize) -> Result<Vec<ParkedMessage>, QueueError> {
+    let state = state.clone();
+    detached(&state.clone(), async move {
+        let mut pass = Pass::begin(&state).await?;
+        let listed = async {
+            let mut listed = Vec::with_capacity(limit);
+            while let Some(delivery) = pass.next().await? {
+                if listed.len() < limit {
+                    listed.push(describe(&delivery));
+                }
+                pass.keep(delivery).await?;
+            }
+            Ok(listed)
+        }
+        .await;
+        pass.end(listed).await
     })
-    .await?
+    .await
 }
 
 /// What to do with one selected message.
+#[derive(Debug, Clone, Copy)]
 enum Act {
     /// Remove it.
     Discard,
@@ -154,63 +245,43 @@ enum Act {
 
 /// Goes through the messages in `courier.dead` when it starts (at most
 /// [`SCAN_LIMIT`]; a requeued message parked again meanwhile waits for the next
-/// time), applying `act` to the selected ones; returns (settled, skipped).
+/// time), applying `act` to the selected ones and keeping the others in place;
+/// returns (settled, skipped).
 async fn sweep(
     state: AppState,
     selection: Selection,
     act: Act,
 ) -> Result<(usize, usize), QueueError> {
-    let queue = state.topology.dead_queue();
-    let mut held = Vec::new();
-    let (mut settled, mut skipped) = (0, 0);
-    let mut result = Ok(());
-    let mut left = SCAN_LIMIT;
-    let mut first = true;
-    while left > 0 {
-        left -= 1;
-        let delivery = match state.publisher.get(&queue).await {
-            Ok(Some((d, behind))) => {
-                // The first message tells how many were there at the start.
-                if first {
-                    first = false;
-                    left = left.min(usize::try_from(behind).unwrap_or(usize::MAX));
-                }
-                d
+    let mut pass = Pass::begin(&state).await?;
+    let swept = async {
+        let (mut settled, mut skipped) = (0, 0);
+        while let Some(delivery) = pass.next().await? {
+            if !selection.matches(&id_of(&delivery)) {
+                pass.keep(delivery).await?;
+                continue;
             }
-            Ok(None) => break,
-            Err(e) => {
-                result = Err(e.into());
-                break;
+            let done = match act {
+                Act::Discard => true,
+                Act::Requeue => match send_back(&state, &delivery).await {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        pass.keep(delivery).await?;
+                        return Err(e);
+                    }
+                },
+            };
+            if done {
+                pass.remove(delivery).await?;
+                settled += 1;
+            } else {
+                pass.keep(delivery).await?;
+                skipped += 1;
             }
-        };
-        if !selection.matches(&id_of(&delivery)) {
-            held.push(delivery);
-            continue;
         }
-        let done = match act {
-            Act::Discard => true,
-            Act::Requeue => match send_back(&state, &delivery).await {
-                Ok(sent) => sent,
-                Err(e) => {
-                    held.push(delivery);
-                    result = Err(e);
-                    break;
-                }
-            },
-        };
-        if done {
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                result = Err(e.into());
-                break;
-            }
-            settled += 1;
-        } else {
-            skipped += 1;
-            held.push(delivery);
-        }
+        Ok((settled, skipped))
     }
-    give_back(held).await?;
-    result.map(|()| (settled, skipped))
+    .await;
+    pass.end(swept).await
 }
 
 /// Sends a parked message back: a delivery job as a new series of its batch (its
@@ -253,16 +324,13 @@ async fn send_back(state: &AppState, delivery: &Delivery) -> Result<bool, QueueE
 
 /// Sends the selected messages back where they came from (see [`send_back`]).
 pub async fn requeue(state: &AppState, selection: Selection) -> Result<Requeued, QueueError> {
-    let state = state.clone();
     let (requeued, skipped) =
-        tokio::spawn(async move { sweep(state, selection, Act::Requeue).await }).await??;
+        detached(state, sweep(state.clone(), selection, Act::Requeue)).await?;
     Ok(Requeued { requeued, skipped })
 }
 
 /// Removes the selected messages for good; returns how many.
 pub async fn discard(state: &AppState, selection: Selection) -> Result<usize, QueueError> {
-    let state = state.clone();
-    let (discarded, _) =
-        tokio::spawn(async move { sweep(state, selection, Act::Discard).await }).await??;
+    let (discarded, _) = detached(state, sweep(state.clone(), selection, Act::Discard)).await?;
     Ok(discarded)
 }

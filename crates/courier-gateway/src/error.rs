@@ -40,6 +40,17 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 400 for path or query parameters that cannot be used, each named in
+    /// `details` with its problem.
+    pub fn bad_parameters(fields: &FieldErrors) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid parameters: {fields}"),
+        )
+        .with_details(json!(fields))
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -61,6 +72,15 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this route does not take that method",
+        )
+    }
+
+    /// 408: the body did not arrive within `COURIER_HTTP_BODY_TIMEOUT`.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time; send it again, faster",
         )
     }
 
@@ -150,14 +170,16 @@ pub struct ErrorBody {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct ErrorDetail {
-    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `headers_too_large`, `unprocessable`, `rate_limited`,
-    /// `unavailable`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `request_timeout`,
+    /// `conflict`, `payload_too_large`, `headers_too_large`, `unprocessable`,
+    /// `rate_limited`, `unavailable`.
     #[schema(example = "not_found")]
     r#type: String,
     #[schema(example = "webhook wh_123 not found")]
     message: String,
-    /// Structured details: per-field problems for `unprocessable`, `acceptedEventIds`
-    /// for an ingest `unavailable`.
+    /// Structured details: per-field (or per-parameter) problems for
+    /// `unprocessable` (and `bad_request`); for an ingest `unavailable`, `events`
+    /// (every event of the request as `{"id", "status"}`, the status `accepted`,
+    /// `notAccepted` or `unknown`) and `acceptedEventIds`.
     details: serde_json::Map<String, Value>,
 }

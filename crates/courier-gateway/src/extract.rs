@@ -1,12 +1,15 @@
-//! Request extractors: callers (tenant key or operator) and JSON bodies with the
-//! documented errors (400 malformed, 413 too large, 422 wrong shape).
+//! Request extractors: callers (tenant key or operator), JSON bodies with the
+//! documented errors (400 malformed, 413 too large, 422 wrong shape), and path and
+//! query parameters whose problems are JSON 400s naming the parameter.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use courier_core::errors::FieldErrors;
 use courier_core::tenant::{ApiKeyRecord, Scope};
+use courier_telemetry::serve::BodyTimeout;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -69,7 +72,8 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// The raw body, at most `COURIER_MAX_BODY_BYTES`.
+/// The raw body, at most `COURIER_MAX_BODY_BYTES`, read within
+/// `COURIER_HTTP_BODY_TIMEOUT` of the request's headers (else 408).
 pub struct LimitedBody(pub Bytes);
 
 impl FromRequest<AppState> for LimitedBody {
@@ -91,6 +95,7 @@ impl FromRequest<AppState> for LimitedBody {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(ApiError::payload_too_large(limit))
             }
+            Err(e) if BodyTimeout::caused(&*e) => Err(ApiError::request_timeout()),
             Err(_) => Err(ApiError::bad_request("the request body could not be read")),
         }
     }
@@ -194,20 +199,78 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Query parameters of type `T`; a malformed query string is a JSON 400.
+/// Query parameters of type `T`. A value that does not read as its parameter's
+/// type is a JSON 400 naming the parameter; bytes that are not UTF-8 once
+/// percent-decoded read as U+FFFD, which no parameter accepts as valid.
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(pairs)
+            .map(ApiQuery)
             .map_err(|e| {
-                ApiError::bad_request(format!("invalid query parameters: {}", e.body_text()))
+                let mut fields = FieldErrors::default();
+                let name = e.path().to_string();
+                let name = if name == "." { "query".into() } else { name };
+                fields.add(name, without_strings(&e.inner().to_string()));
+                ApiError::bad_parameters(&fields)
             })
     }
+}
+
+/// Path parameters of type `T`. A parameter that cannot be read (not UTF-8 once
+/// percent-decoded, or not of its type) is a JSON 400 naming it, like every other
+/// refusal, rather than axum's plain-text answer.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(path_error(&rejection)),
+        }
+    }
+}
+
+fn path_error(rejection: &PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    let mut fields = FieldErrors::default();
+    match rejection {
+        PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                fields.add(key.as_str(), "is not valid UTF-8 once percent-decoded");
+            }
+            ErrorKind::ParseErrorAtKey {
+                key, expected_type, ..
+            } => fields.add(key.as_str(), format!("is not a valid {expected_type}")),
+            ErrorKind::DeserializeError { key, message, .. } => {
+                fields.add(key.as_str(), without_strings(message));
+            }
+            _ => fields.add("path", e.body_text()),
+        },
+        other => fields.add("path", other.body_text()),
+    }
+    ApiError::bad_parameters(&fields)
+}
+
+/// The parameter `name` (of the path or the query) read by `parse`; a value it
+/// refuses is a JSON 400 naming the parameter.
+pub fn param<T, E: std::fmt::Display>(
+    name: &str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, ApiError> {
+    parse(value).map_err(|e| {
+        let mut fields = FieldErrors::default();
+        fields.add(name, e.to_string());
+        ApiError::bad_parameters(&fields)
+    })
 }
 
 /// `limit` and `offset` of a listing: limit 1–100 (default 20), offset ≥ 0.
@@ -221,7 +284,7 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    /// `(offset, limit)`, or 422 naming the bad parameter.
+    /// `(offset, limit)`, or 400 naming the bad parameter.
     pub fn checked(&self) -> Result<(usize, usize), ApiError> {
         let mut fields = FieldErrors::default();
         let limit = match self.limit {
@@ -242,7 +305,7 @@ impl PageQuery {
         };
         fields
             .into_result((offset, limit))
-            .map_err(|f| ApiError::unprocessable("invalid paging parameters", &f))
+            .map_err(|f| ApiError::bad_parameters(&f))
     }
 }
 

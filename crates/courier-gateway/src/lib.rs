@@ -9,6 +9,7 @@
 //! - [`limits`]: request limits: header count and size, the per-tenant ingest rate.
 //! - [`maintenance`]: operator commands run instead of serving (`reencrypt-secrets`).
 //! - [`manage`]: management operations (compare-and-set changes with their audit entries).
+//! - [`purge`]: the background purge of deleted tenants' data.
 //! - [`error`]: the JSON error body of every failure.
 //! - [`state`]: what handlers share.
 //! - [`observe`]: every request in a server span, with its trace ids in the logs and
@@ -29,6 +30,7 @@ pub mod maintenance;
 pub mod manage;
 pub mod metrics;
 pub mod observe;
+pub mod purge;
 pub mod replay;
 pub mod state;
 
@@ -48,8 +50,14 @@ pub use config::GatewayConfig;
 pub use http::openapi;
 use state::{AppState, Inner};
 
+/// How long a stop waits for work that outlives its request.
+const TASKS_GRACE: Duration = Duration::from_secs(30);
+
 /// Connects to RabbitMQ and Redis, declares the topology, and serves the API on
-/// `listener` until `shutdown` is cancelled; in-flight requests then finish.
+/// `listener` (and runs deleted tenants' purges) until `shutdown` is cancelled;
+/// requests in progress then finish within the HTTP shutdown grace
+/// ([`courier_telemetry::serve`]), background work finishes, and the broker
+/// connection closes last.
 pub async fn run(
     config: GatewayConfig,
     listener: TcpListener,
@@ -87,6 +95,7 @@ pub async fn run(
     let state = AppState {
         inner: Arc::new(Inner {
             store,
+            broker: broker.clone(),
             publisher,
             topology,
             catalog,
@@ -100,21 +109,34 @@ pub async fn run(
             traces: traces.clone(),
             metrics: metrics::Metrics::default(),
             api_keys: ConfigCache::new(state::CACHED_API_KEYS, state::API_KEY_MAX_AGE),
+            tasks: tokio_util::task::TaskTracker::new(),
         }),
     };
     let following = {
         let (state, stop) = (state.clone(), shutdown.clone());
         tokio::spawn(async move { state.api_keys.follow(&state.store, stop).await })
     };
+    state.tasks.spawn(purge::run(
+        state.clone(),
+        config.tenant_purge_settle,
+        shutdown.clone(),
+    ));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    let publisher = state.publisher.clone();
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let (publisher, tasks) = (state.publisher.clone(), state.tasks.clone());
+    courier_telemetry::serve::serve(listener, http::router(state), &config.http, shutdown)
         .await
         .context("serving HTTP")?;
     let _ = following.await;
-    publisher.close().await;
+    // What outlives requests ends before the broker connection closes under it.
+    tasks.close();
+    if tokio::time::timeout(TASKS_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background work did not end within {TASKS_GRACE:?}; stopping anyway");
+    }
+    publisher.settle().await;
     broker.shutdown().await;
     traces.shutdown().await;
     tracing::info!("gateway stopped");

@@ -10,6 +10,7 @@ use courier_store::Versioned;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::extract::param;
 use crate::http::webhooks::WebhookView;
 use crate::state::AppState;
 
@@ -60,17 +61,17 @@ pub fn shown_audit_state(state: Option<Value>) -> Option<Value> {
     Some(Value::Object(map))
 }
 
-/// The tenant's webhook `id`, with its version; 404 for another tenant's.
+/// The tenant's webhook `id`, with its version; 404 for another tenant's, 400 for
+/// a path parameter that cannot be a webhook id.
 pub async fn find_webhook(
     state: &AppState,
     tenant: &TenantId,
     id: &str,
 ) -> Result<Versioned, ApiError> {
-    let not_found = || ApiError::not_found(format!("webhook {id} not found"));
-    let id = WebhookId::parse(id).map_err(|_| not_found())?;
-    match state.store.webhook_versioned(&id).await? {
+    let webhook = param("id", id, WebhookId::parse)?;
+    match state.store.webhook_versioned(&webhook).await? {
         Some(v) if &v.webhook.tenant_id == tenant => Ok(v),
-        _ => Err(not_found()),
+        _ => Err(ApiError::not_found(format!("webhook {id} not found"))),
     }
 }
 

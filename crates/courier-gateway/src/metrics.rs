@@ -29,6 +29,8 @@ pub enum RejectReason {
     unavailable,
     /// 429: the tenant is over its ingest rate.
     rate_limited,
+    /// 408: the body did not arrive within `COURIER_HTTP_BODY_TIMEOUT`.
+    timed_out,
 }
 
 impl RejectReason {
@@ -41,6 +43,7 @@ impl RejectReason {
             StatusCode::FORBIDDEN => Self::forbidden,
             StatusCode::SERVICE_UNAVAILABLE => Self::unavailable,
             StatusCode::TOO_MANY_REQUESTS => Self::rate_limited,
+            StatusCode::REQUEST_TIMEOUT => Self::timed_out,
             _ => Self::invalid,
         }
     }
@@ -49,6 +52,21 @@ impl RejectReason {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
     reason: RejectReason,
+}
+
+/// How a pass of a deleted tenant's purge ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PurgePassResult {
+    /// Everything found was removed.
+    done,
+    /// A dependency failed; the pass runs again when its lease ends.
+    failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeLabels {
+    result: PurgePassResult,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +86,8 @@ pub struct Metrics {
     events_accepted: Counter,
     events_rejected: Family<RejectLabels, Counter>,
     requests: Family<RequestLabels, Histogram>,
+    purge_passes: Family<PurgeLabels, Counter>,
+    tenants_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -94,12 +114,26 @@ impl Default for Metrics {
             "Time to answer an API request, by method, route template and status",
             requests.clone(),
         );
+        let purge_passes = Family::<PurgeLabels, Counter>::default();
+        registry.register(
+            "courier_tenant_purge_passes",
+            "Passes of deleted tenants' purges this gateway ran, by result",
+            purge_passes.clone(),
+        );
+        let tenants_purged = Counter::default();
+        registry.register(
+            "courier_tenants_purged",
+            "Deleted tenants whose purge this gateway finished (their ids free again)",
+            tenants_purged.clone(),
+        );
         Self {
             registry,
             deps,
             events_accepted,
             events_rejected,
             requests,
+            purge_passes,
+            tenants_purged,
         }
     }
 }
@@ -141,6 +175,16 @@ impl Metrics {
         self.requests
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    pub fn purge_pass(&self, result: PurgePassResult) {
+        self.purge_passes
+            .get_or_create(&PurgeLabels { result })
+            .inc();
+    }
+
+    pub fn tenant_purged(&self) {
+        self.tenants_purged.inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use courier_broker::{Publisher, Topology};
+use courier_broker::{Broker, Publisher, Topology};
 use courier_core::catalog::Catalog;
 use courier_core::retry::RetryDefaults;
 use courier_core::tenant::{hash_api_key, ApiKeyRecord};
@@ -19,6 +19,9 @@ pub struct AppState {
 
 pub struct Inner {
     pub store: Store,
+    /// The supervised broker connection (operator passes through `courier.dead`
+    /// open channels of their own on it).
+    pub broker: Broker,
     pub publisher: Publisher,
     pub topology: Topology,
     pub catalog: Catalog,
@@ -41,6 +44,9 @@ pub struct Inner {
     /// round trip to authenticate; a revoked key (or deleted tenant) is announced
     /// on the configuration channel and dropped at once.
     pub api_keys: ConfigCache<String, ApiKeyRecord>,
+    /// Work that outlives its request (operations on the dead-letter queue) or
+    /// runs beside the requests; the gateway waits for it when it stops.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// API keys a gateway keeps; past it the cache starts over.

@@ -1,17 +1,21 @@
 //! Courier's Redis adapter.
 //!
-//! - [`batch`]: the batch accumulator of throttled webhooks.
+//! - [`batch`]: the batch accumulator of throttled webhooks; [`batch::codec`] is how
+//!   it stores events (pure encode and decode functions).
 //! - [`cache`]: in-process caches of configuration, kept fresh by the configuration
 //!   channel.
 //! - [`keys`]: every key name, under the deployment's prefix.
 //! - [`scripts`]: the Lua scripts that make multi-key updates atomic; they take the
 //!   time from Redis `TIME`, never from a replica's clock.
 //! - [`repo`]: tenants, API keys and webhooks.
+//! - [`purge`]: removing everything of a deleted tenant, in pages, resumably.
 //! - [`log`]: attempt claims and the delivery log record (design §6).
 //! - [`history`]: the delivery log in pages: listings, dead letters, export, imports.
 //! - [`sealed`]: webhook records with their signing secrets and custom header
 //!   values encrypted at rest, and their re-encryption under the newest key.
 //! - [`ratelimit`]: the per-tenant ingest token bucket shared by gateway replicas.
+//! - [`lease`]: names held by one holder at a time across replicas (operator
+//!   operations that must not run twice at once).
 //!
 //! [`Store`] is the one handle both services use: one multiplexed connection plus
 //! the key names.
@@ -20,7 +24,9 @@ pub mod batch;
 pub mod cache;
 pub mod history;
 pub mod keys;
+pub mod lease;
 pub mod log;
+pub mod purge;
 pub mod ratelimit;
 pub mod repo;
 mod scripts;
@@ -34,9 +40,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use history::{BatchAttempts, DeadLetterEntry, DeliverySummary, IndexCursor, Page, Span};
 pub use keys::Keys;
 pub use log::{Claim, ClaimRequest, DeliveryRecord};
+pub use purge::{PassEnd, PurgePass};
 pub use ratelimit::{Bucket, Take};
-pub use repo::{AuditRecord, CreateWebhook, Versioned};
-pub use sealed::ReencryptReport;
+pub use repo::{AuditRecord, CreateTenant, CreateWebhook, DeleteTenant, TenantWebhooks, Versioned};
+pub use sealed::{ReencryptReport, Subscription, UnreadableWebhook};
 
 /// Errors at the Redis boundary.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,26 @@ pub enum StoreError {
     Config(String),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether trying again can never help: the stored data itself is unreadable
+    /// (corrupt, of the wrong type, or failing a script that reads it), as opposed
+    /// to Redis being unreachable, slow, loading, failing over or out of memory,
+    /// which passes. A permanent error ends the work it hit (`failed` in the log,
+    /// or parked) instead of pausing it forever.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Corrupt(_) => true,
+            Self::Config(_) => false,
+            Self::Redis(e) => {
+                e.kind() == redis::ErrorKind::TypeError
+                    || e.code() == Some("WRONGTYPE")
+                    || (e.kind() == redis::ErrorKind::ResponseError
+                        && e.detail().is_some_and(|d| d.contains("user_script")))
+            }
+        }
+    }
 }
 
 /// What readiness needs to know about Redis.
@@ -255,6 +282,49 @@ impl Store {
                 return Ok(deleted);
             }
             cursor = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError};
+
+    /// The error a server answer (`-CODE detail`) becomes.
+    fn server(line: &str) -> StoreError {
+        let value = redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+            .and_then(redis::Value::extract_error);
+        match value {
+            Err(e) => e.into(),
+            Ok(v) => panic!("{line} is not an error: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn unreadable_data_is_permanent_and_an_unwell_redis_is_not() {
+        let permanent = [
+            StoreError::Corrupt("bad record".into()),
+            RedisError::from((ErrorKind::TypeError, "response was of incompatible type")).into(),
+            server("-WRONGTYPE Operation against a key holding the wrong kind of value"),
+            server(
+                "-ERR user_script:12: attempt to perform arithmetic on a nil value script: 1f0b",
+            ),
+        ];
+        for e in &permanent {
+            assert!(e.is_permanent(), "{e}");
+        }
+        let transient = [
+            StoreError::Redis(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into()),
+            RedisError::from((ErrorKind::BusyLoadingError, "loading")).into(),
+            RedisError::from((ErrorKind::ReadOnly, "replica")).into(),
+            server("-OOM command not allowed when used memory > 'maxmemory'."),
+            server("-LOADING Redis is loading the dataset in memory"),
+            server("-READONLY You can't write against a read only replica."),
+            StoreError::Config("no prefix".into()),
+        ];
+        for e in &transient {
+            assert!(!e.is_permanent(), "{e}");
         }
     }
 }

@@ -3,7 +3,14 @@
 //! Before a POST a worker claims `(batch, series, attempt)`. The claim is a lease
 //! while the POST runs and becomes `done` with the result, so a second copy of the
 //! same job (an AMQP redelivery, an event sent twice) does not POST again; a lease
-//! whose holder died expires and the next copy takes over.
+//! whose holder died expires and the next copy takes over. A holder that outlived
+//! its lease and was taken over still has its attempt logged, but its result
+//! changes nothing: the newer holder's does.
+//!
+//! Keys: the claim (expires with the lease, then after the dedupe window once
+//! `done`); the record and its attempts (expire after the log retention, renewed by
+//! each claim); the webhook's log index and the tenant's dead letters (expire after
+//! the retention, and are trimmed to it).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -65,11 +72,45 @@ pub struct ClaimRequest<'a> {
 impl Store {
     /// Claims an attempt, creating the log record of its series (status `pending`)
     /// if this is the series' first sight.
+    ///
+    /// The payload goes to Redis only where the record is expected to be created:
+    /// with the first attempt of the first series. A later attempt that finds no
+    /// record (it expired, or was never made) is claimed again with it.
     pub async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim, StoreError> {
         let job = req.job;
-        let event_ids: Vec<&str> = job.event_ids().collect();
+        let first = job.series == 1 && job.attempt == 1;
+        let (mut state, mut pttl) = self.claim_once(&req, first).await?;
+        if state == "missing" {
+            (state, pttl) = self.claim_once(&req, true).await?;
+        }
+        Ok(match state.as_str() {
+            "claimed" => Claim::Claimed,
+            "done" => Claim::Done,
+            "superseded" => Claim::Superseded,
+            "busy" => Claim::Busy(Duration::from_millis(pttl.max(0).unsigned_abs())),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "claim of {}: unexpected answer {other}",
+                    job.batch_id
+                )))
+            }
+        })
+    }
+
+    async fn claim_once(
+        &self,
+        req: &ClaimRequest<'_>,
+        with_payload: bool,
+    ) -> Result<(String, i64), StoreError> {
+        let job = req.job;
+        let (event_ids, payload) = if with_payload {
+            let ids: Vec<&str> = job.event_ids().collect();
+            (serde_json::to_string(&ids).unwrap_or_default(), req.payload)
+        } else {
+            (String::new(), &[][..])
+        };
         let mut conn = self.conn().await?;
-        let (state, pttl): (String, i64) = scripts::CLAIM
+        Ok(scripts::CLAIM
             .key(self.keys.claim(&job.batch_id, job.series, job.attempt))
             .key(self.keys.log(&job.batch_id))
             .key(self.keys.log_index(&job.webhook_id))
@@ -78,31 +119,28 @@ impl Store {
             .arg(millis(req.lease))
             .arg(job.tenant_id.as_str())
             .arg(job.webhook_id.as_str())
-            .arg(serde_json::to_string(&event_ids).unwrap_or_default())
-            .arg(req.payload)
+            .arg(event_ids)
+            .arg(payload)
             .arg(job.series)
             .arg(job.batch_id.to_string())
             .arg(req.retention.as_secs().max(1))
             .arg(if self.trim_due() { "1" } else { "0" })
             .arg(job.generation)
             .invoke_async(&mut *conn)
-            .await?;
-        Ok(match state.as_str() {
-            "claimed" => Claim::Claimed,
-            "done" => Claim::Done,
-            "superseded" => Claim::Superseded,
-            _ => Claim::Busy(Duration::from_millis(pttl.max(0).unsigned_abs())),
-        })
+            .await?)
     }
 
-    /// Records the end of a claimed attempt: appends it (if any) to the log, moves the
-    /// status forward (never back, and only within the record's current series) and
-    /// marks the claim done. A batch that becomes `failed` joins its tenant's dead
-    /// letters, with the attempt's outcome as the reason. Returns whether the status
-    /// changed.
+    /// Records the end of an attempt claimed by `holder`: appends it (if any) to the
+    /// log and, if `holder` still holds the claim (or it expired with nobody else
+    /// taking it), moves the status forward (never back, and only within the
+    /// record's current series) and marks the claim done. A holder whose lease ran
+    /// out and was taken over changes nothing but the attempts. A batch that becomes
+    /// `failed` joins its tenant's dead letters, with the attempt's outcome as the
+    /// reason. Returns whether the status changed.
     pub async fn finish(
         &self,
         job: &DeliveryJob,
+        holder: &str,
         attempt: Option<&AttemptRecord>,
         status: DeliveryStatus,
         retention: Duration,
@@ -123,6 +161,7 @@ impl Store {
             .arg(retention.as_secs().max(1))
             .arg(attempt.map_or("", |a| a.outcome.as_str()))
             .arg(job.batch_id.to_string())
+            .arg(holder)
             .invoke_async(&mut *conn)
             .await?;
         Ok(applied == 1)
@@ -231,11 +270,23 @@ impl Store {
         webhooks: &[WebhookId],
     ) -> Result<Vec<DeliveryJob>, StoreError> {
         let mut conn = self.conn().await?;
-        let deleted: Vec<String> = conn.smembers(self.keys.deleted_webhooks(tenant)).await?;
+        let (deleted, deleted_before): (Vec<String>, Vec<String>) = redis::pipe()
+            .zrange(self.keys.deleted_webhooks(tenant), 0, -1)
+            .smembers(self.keys.deleted_webhooks_before(tenant))
+            .query_async(&mut *conn)
+            .await?;
+        let mut seen: std::collections::HashSet<&str> =
+            webhooks.iter().map(WebhookId::as_str).collect();
         let candidates: Vec<WebhookId> = webhooks
             .iter()
             .cloned()
-            .chain(deleted.iter().filter_map(|id| WebhookId::parse(id).ok()))
+            .chain(
+                deleted
+                    .iter()
+                    .chain(&deleted_before)
+                    .filter(|id| seen.insert(id.as_str()))
+                    .filter_map(|id| WebhookId::parse(id).ok()),
+            )
             .collect();
         if candidates.is_empty() {
             return Ok(Vec::new());

@@ -2,7 +2,8 @@
 //!
 //! Every change is one Lua script that applies it, appends its audit entry to the
 //! tenant's and the operators' audit streams, and announces it on the configuration
-//! channel (so workers drop their cached copy): all or nothing.
+//! channel (so workers drop their cached copy): all or nothing. Deleting a tenant
+//! starts its purge ([`crate::purge`]).
 
 use std::sync::LazyLock;
 
@@ -14,7 +15,7 @@ use courier_core::webhook::Webhook;
 use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
 
-use crate::sealed::{open_webhook, seal_webhook};
+use crate::sealed::{open_webhook, read_webhook, seal_webhook, StoredWebhook, UnreadableWebhook};
 use crate::{scripts, Store, StoreError};
 
 /// Entries an audit stream keeps (approximately; the oldest go first).
@@ -32,10 +33,13 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{AUDIT_FN}{body}"))
 }
 
-/// KEYS: tenant, tenants index, audit, audit-all. ARGV: JSON, id, entry.
+/// KEYS: tenant, tenants index, audit, audit-all, purge. ARGV: JSON, id, entry.
+/// Returns 1 if created, 0 if the tenant exists, -1 if an earlier tenant with the
+/// id is being purged.
 static CREATE_TENANT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
+if redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return 0 end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[2])
@@ -49,24 +53,28 @@ return 1
 /// window, is far longer than an event can wait to be redelivered.
 const DELETED_REMEMBERED: u64 = 24 * 3600;
 
-/// KEYS: tenant, tenants index, tenant keys, tenant webhooks, audit, audit-all,
-/// deleted webhooks. ARGV: id, api key prefix, webhook prefix, config channel,
-/// entry, remembered s.
+/// Deletes a tenant: its record, its place in the index and its webhooks' records
+/// (so that nothing authenticates or is delivered for it any more), and starts
+/// the purge of everything else (see [`crate::purge`]). The deletion's audit
+/// entry goes to the operators' log only: the tenant's own is purged.
+/// KEYS: tenant, tenants index, tenant webhooks, audit-all, purges, purge.
+/// ARGV: id, webhook prefix, config channel, entry.
+/// Returns 'deleted', 'missing', or 'purging' (deleted before, purge running).
 static DELETE_TENANT: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for _, hash in ipairs(redis.call('HVALS', KEYS[3])) do redis.call('DEL', ARGV[2] .. hash) end
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  redis.call('DEL', ARGV[3] .. id)
-  redis.call('SADD', KEYS[7], id)
-  redis.call('EXPIRE', KEYS[7], ARGV[6])
-end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+if redis.call('EXISTS', KEYS[6]) == 1 then return 'purging' end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('DEL', ARGV[2] .. id) end
+redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-audit(KEYS[5], KEYS[6], ARGV[5])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return 1
+local entry = redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'entry', ARGV[4])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[6], 'deletedAt', now, 'pass', 1, 'auditId', entry)
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return 'deleted'
 ",
     )
 });
@@ -100,12 +108,14 @@ return 1
     )
 });
 
-/// KEYS: tenant webhooks, webhook, audit, audit-all.
+/// KEYS: tenant webhooks, webhook, audit, audit-all, tenant.
 /// ARGV: webhook id, JSON, limit, config channel, tenant, entry.
-/// Returns 1 if created, 0 if the tenant is at its limit.
+/// Returns 1 if created, 0 if the tenant is at its limit, -1 if it is gone (deleted
+/// while the request ran).
 static CREATE_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
+if redis.call('EXISTS', KEYS[5]) == 0 then return -1 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
@@ -117,7 +127,8 @@ return 1
 });
 
 /// Compare-and-set of a webhook record; an empty new value deletes it (and
-/// remembers its id among the tenant's deleted webhooks).
+/// remembers its id among the tenant's deleted webhooks, forgetting those deleted
+/// longer ago than the remembered time).
 /// KEYS: webhook, tenant webhooks, audit, audit-all, deleted webhooks.
 /// ARGV: expected JSON, new JSON or '', webhook id, config channel, tenant, entry,
 /// remembered s.
@@ -129,7 +140,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[2], ARGV[3])
-  redis.call('SADD', KEYS[5], ARGV[3])
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  redis.call('ZADD', KEYS[5], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[7]) * 1000)
   redis.call('EXPIRE', KEYS[5], ARGV[7])
 else
   redis.call('SET', KEYS[1], ARGV[2])
@@ -147,6 +161,30 @@ pub enum CreateWebhook {
     Created,
     /// The tenant already has this many webhooks.
     LimitReached(usize),
+    /// The tenant was deleted meanwhile.
+    TenantGone,
+}
+
+/// What creating a tenant came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateTenant {
+    Created,
+    /// A tenant with this id exists.
+    Exists,
+    /// An earlier tenant with this id was deleted and its data is still being
+    /// purged: the id is free once that is done.
+    Purging,
+}
+
+/// What deleting a tenant came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteTenant {
+    /// Deleted; its purge has started.
+    Deleted,
+    /// Deleted before, and its purge is still running.
+    Purging,
+    /// No such tenant.
+    Missing,
 }
 
 /// A stored webhook with the exact record it was read from, for compare-and-set.
@@ -154,6 +192,25 @@ pub enum CreateWebhook {
 pub struct Versioned {
     pub webhook: Webhook,
     raw: String,
+}
+
+/// A tenant's webhooks as stored, each list oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct TenantWebhooks {
+    /// Those whose record reads.
+    pub readable: Vec<Webhook>,
+    /// Those whose record cannot be read (see [`UnreadableWebhook`]).
+    pub unreadable: Vec<UnreadableWebhook>,
+}
+
+impl TenantWebhooks {
+    /// Every webhook's id, readable or not.
+    pub fn ids(&self) -> impl Iterator<Item = &WebhookId> {
+        self.readable
+            .iter()
+            .map(|w| &w.id)
+            .chain(self.unreadable.iter().map(|u| &u.id))
+    }
 }
 
 /// One audit log entry with its position (the cursor) and time.
@@ -176,24 +233,30 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
 }
 
 impl Store {
-    /// Creates the tenant unless one with that id exists; returns whether it did.
+    /// Creates the tenant unless one with that id exists, or an earlier one with
+    /// that id is still being purged.
     pub async fn create_tenant(
         &self,
         tenant: &Tenant,
         audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<CreateTenant, StoreError> {
         let mut conn = self.conn().await?;
         let created: i64 = CREATE_TENANT
             .key(self.keys.tenant(&tenant.id))
             .key(self.keys.tenants())
             .key(self.keys.audit(&tenant.id))
             .key(self.keys.audit_all())
+            .key(self.keys.tenant_purge(&tenant.id))
             .arg(encode(tenant))
             .arg(tenant.id.as_str())
             .arg(encode(audit))
             .invoke_async(&mut *conn)
             .await?;
-        Ok(created == 1)
+        Ok(match created {
+            1 => CreateTenant::Created,
+            0 => CreateTenant::Exists,
+            _ => CreateTenant::Purging,
+        })
     }
 
     pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
@@ -237,31 +300,48 @@ impl Store {
         Ok((tenants, total))
     }
 
-    /// Deletes a tenant with its keys and webhooks (their pending work ends
-    /// cancelled). The audit log is kept.
+    /// Deletes a tenant: from now on none of its keys authenticates and none of its
+    /// webhooks gets anything; everything else it had is purged in the background
+    /// ([`crate::purge`]), and until that is done its id cannot be used again.
     pub async fn delete_tenant(
         &self,
         id: &TenantId,
         audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<DeleteTenant, StoreError> {
         let mut conn = self.conn().await?;
-        let deleted: i64 = DELETE_TENANT
+        let deleted: String = DELETE_TENANT
             .key(self.keys.tenant(id))
             .key(self.keys.tenants())
-            .key(self.keys.tenant_keys(id))
             .key(self.keys.tenant_webhooks(id))
-            .key(self.keys.audit(id))
             .key(self.keys.audit_all())
-            .key(self.keys.deleted_webhooks(id))
+            .key(self.keys.tenant_purges())
+            .key(self.keys.tenant_purge(id))
             .arg(id.as_str())
-            .arg(self.keys.api_key_prefix())
             .arg(self.keys.webhook_prefix())
             .arg(self.keys.config_channel())
             .arg(encode(audit))
-            .arg(DELETED_REMEMBERED)
             .invoke_async(&mut *conn)
             .await?;
-        Ok(deleted == 1)
+        Ok(match deleted.as_str() {
+            "deleted" => DeleteTenant::Deleted,
+            "purging" => DeleteTenant::Purging,
+            _ => DeleteTenant::Missing,
+        })
+    }
+
+    /// Whether work for `tenant` created at `created_at` outlived it: the tenant
+    /// is gone, or the one now under that id was created later (the id was used
+    /// again after a deletion). Such work has no one to report to: its log was
+    /// purged with its tenant.
+    pub async fn tenant_outlived(
+        &self,
+        tenant: &TenantId,
+        created_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .tenant(tenant)
+            .await?
+            .is_none_or(|t| t.created_at > created_at))
     }
 
     /// Stores an API key record under the hash of its plaintext; false if the
@@ -288,13 +368,21 @@ impl Store {
         Ok(stored == 1)
     }
 
-    /// Looks a presented key up by its hash.
+    /// Looks a presented key up by its hash; a key of a deleted tenant (its records
+    /// not purged yet) is none.
     pub async fn api_key(&self, plaintext: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let mut conn = self.conn().await?;
         let json: Option<String> = conn
             .get(self.keys.api_key(&hash_api_key(plaintext)))
             .await?;
-        json.map(|j| decode("api key", &j)).transpose()
+        let Some(record) = json
+            .map(|j| decode::<ApiKeyRecord>("api key", &j))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let live: bool = conn.exists(self.keys.tenant(&record.tenant_id)).await?;
+        Ok(live.then_some(record))
     }
 
     /// A tenant's keys (never their plaintext), oldest first.
@@ -354,6 +442,7 @@ impl Store {
             .key(self.keys.webhook(&webhook.id))
             .key(self.keys.audit(&webhook.tenant_id))
             .key(self.keys.audit_all())
+            .key(self.keys.tenant(&webhook.tenant_id))
             .arg(webhook.id.as_str())
             .arg(seal_webhook(&self.keyring, webhook))
             .arg(limit)
@@ -362,10 +451,10 @@ impl Store {
             .arg(encode(audit))
             .invoke_async(&mut *conn)
             .await?;
-        Ok(if created == 1 {
-            CreateWebhook::Created
-        } else {
-            CreateWebhook::LimitReached(limit)
+        Ok(match created {
+            1 => CreateWebhook::Created,
+            0 => CreateWebhook::LimitReached(limit),
+            _ => CreateWebhook::TenantGone,
         })
     }
 
@@ -417,19 +506,33 @@ impl Store {
         Ok(applied == 1)
     }
 
-    /// Every webhook of a tenant, in one round trip, oldest first.
-    pub async fn tenant_webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
+    /// Every webhook of a tenant, in one round trip, oldest first. A record that
+    /// cannot be read does not fail the others: it comes back among the unreadable,
+    /// and only an unavailable Redis is an error.
+    pub async fn tenant_webhooks(&self, tenant: &TenantId) -> Result<TenantWebhooks, StoreError> {
         let mut conn = self.conn().await?;
-        let jsons: Vec<String> = scripts::TENANT_WEBHOOKS
+        let pairs: Vec<(String, String)> = scripts::TENANT_WEBHOOKS
             .key(self.keys.tenant_webhooks(tenant))
             .arg(self.keys.webhook_prefix())
             .invoke_async(&mut *conn)
             .await?;
-        let mut webhooks: Vec<Webhook> = jsons
-            .iter()
-            .map(|j| open_webhook(&self.keyring, j))
-            .collect::<Result<_, _>>()?;
-        webhooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        let mut webhooks = TenantWebhooks::default();
+        for (id, raw) in pairs {
+            let Ok(id) = WebhookId::parse(&id) else {
+                tracing::warn!(%tenant, id, "skipping a malformed id in a tenant's webhook set");
+                continue;
+            };
+            match read_webhook(&self.keyring, id, &raw) {
+                StoredWebhook::Readable(w) => webhooks.readable.push(w),
+                StoredWebhook::Unreadable(u) => webhooks.unreadable.push(u),
+            }
+        }
+        webhooks
+            .readable
+            .sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        webhooks
+            .unreadable
+            .sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(webhooks)
     }
 

@@ -4,14 +4,18 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: tenant's webhook set. ARGV: webhook key prefix. Returns every webhook JSON.
+/// KEYS: tenant's webhook set. ARGV: webhook key prefix. Returns every webhook's id
+/// and record, flat: id, JSON, id, JSON, ...
 pub static TENANT_WEBHOOKS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local v = redis.call('GET', ARGV[1] .. id)
-  if v then out[#out + 1] = v end
+  if v then
+    out[#out + 1] = id
+    out[#out + 1] = v
+  end
 end
 return out
 ",
@@ -20,12 +24,14 @@ return out
 
 /// Claims an attempt and makes sure the log record exists for its series.
 /// KEYS: claim, log record, log index, tenant's dead letters. ARGV: holder, lease ms,
-/// tenant, webhook id, event ids JSON, payload, series, batch id, retention s,
-/// trim ('1' also drops index entries older than the retention), the webhook
-/// generation the work was created under.
-/// Returns {'claimed'|'done'|'busy'|'superseded', pttl}: 'done' also when the series
-/// has already ended, 'superseded' when a newer series (a replay) has started. A new
-/// series resets the record to `pending` and takes the batch off the dead letters.
+/// tenant, webhook id, event ids JSON, payload ('' when the caller expects the record
+/// to exist), series, batch id, retention s, trim ('1' also drops index entries
+/// older than the retention), the webhook generation the work was created under.
+/// Returns {'claimed'|'done'|'busy'|'superseded'|'missing', pttl}: 'done' also when
+/// the series has already ended, 'superseded' when a newer series (a replay) has
+/// started, 'missing' (nothing changed) when the record must be created and no
+/// payload came. A new series resets the record to `pending` and takes the batch off
+/// the dead letters.
 ///
 /// Every `redis.call` costs a few microseconds of Redis's one thread, and this runs
 /// once per attempt: a first attempt (no record yet) makes eight, a retry four.
@@ -42,6 +48,7 @@ if logged == series and (rec[2] == 'delivered' or rec[2] == 'failed' or rec[2] =
   return {'done', 0}
 end
 if cur and cur ~= ARGV[1] then return {'busy', redis.call('PTTL', KEYS[1])} end
+if logged == 0 and ARGV[6] == '' then return {'missing', 0} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local retention = tonumber(ARGV[9])
 if logged < series then
@@ -57,8 +64,8 @@ if logged < series then
       redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - retention * 1000)
     end
   else
-    redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'webhookId', ARGV[4], 'eventIds', ARGV[5],
-      'payload', ARGV[6], 'series', series, 'status', 'pending', 'generation', ARGV[11],
+    -- The same batch, so the same payload and events: only the series moves on.
+    redis.call('HSET', KEYS[2], 'series', series, 'status', 'pending', 'generation', ARGV[11],
       'updatedAt', now)
     redis.call('HDEL', KEYS[2], 'reason')
     redis.call('ZREM', KEYS[4], ARGV[8])
@@ -70,23 +77,29 @@ return {'claimed', 0}
     )
 });
 
-/// Records an attempt's result and marks its claim done.
+/// Records an attempt's result and, if the caller still holds the claim, applies it.
 /// KEYS: claim, log record, attempts list, tenant's dead letters. ARGV: attempt JSON
-/// ('' for none), status, series, claim TTL s, retention s, reason, batch id.
-/// The status moves only forward within the record's current series; a batch that
-/// becomes `failed` keeps the reason and joins the tenant's dead letters. (The
-/// record's expiry was renewed by the attempt's claim.)
+/// ('' for none), status, series, claim TTL s, retention s, reason, batch id, holder.
+/// The attempt is always appended. The rest happens only while the claim is the
+/// caller's, or has expired with nobody else holding it: a holder whose lease ran
+/// out and was taken over (the claim is another's, or `done`) changes nothing else.
+/// Then the claim becomes `done` and the status moves only forward within the
+/// record's current series; a batch that becomes `failed` keeps the reason and joins
+/// the tenant's dead letters. (The record's expiry was renewed by the attempt's
+/// claim.)
 /// Returns 1 if the status was applied.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local rank = {pending = 0, retrying = 1, delivered = 2, failed = 2, cancelled = 2}
-redis.call('SET', KEYS[1], 'done', 'EX', ARGV[4])
 local retention = tonumber(ARGV[5])
 if ARGV[1] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[3], retention)
 end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[8] then return 0 end
+redis.call('SET', KEYS[1], 'done', 'EX', ARGV[4])
 local rec = redis.call('HMGET', KEYS[2], 'series', 'status')
 if tonumber(rec[1] or '0') ~= tonumber(ARGV[3]) then return 0 end
 local cur = rec[2] or 'pending'

@@ -8,15 +8,104 @@
 //! Records written before encryption at rest (plaintext `whsec_...`, or a plain
 //! `headers` map) are still read, and are sealed by the next write or by
 //! `reencrypt-secrets`.
+//!
+//! A record that can never be opened here (a value sealed under a key no longer in
+//! the keyring, a field value written by a newer version, corrupt JSON) is read as
+//! an [`UnreadableWebhook`]: its id, why, and what could be read of its
+//! subscription, so that its work ends `failed` while every other webhook's goes on.
 
 use std::sync::{Arc, LazyLock};
 
+use chrono::{DateTime, Utc};
+use courier_core::catalog::{EventKey, Pattern};
+use courier_core::ids::WebhookId;
 use courier_core::keyring::{is_sealed, sealed_key_id, Keyring};
-use courier_core::webhook::Webhook;
+use courier_core::webhook::{PropertyFilters, Throttling, Webhook};
 use redis::Script;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{Store, StoreError};
+
+/// A stored webhook record as read: whole, or unreadable for good.
+#[derive(Debug, Clone)]
+pub enum StoredWebhook {
+    Readable(Webhook),
+    Unreadable(UnreadableWebhook),
+}
+
+/// A stored webhook record this deployment cannot read, and never will as
+/// configured: a secret or header value sealed under a key that is not in the
+/// keyring, a field value it does not know (written by a newer version), corrupt
+/// JSON. Its deliveries cannot be made; what could be read of it tells which work
+/// is its.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableWebhook {
+    pub id: WebhookId,
+    /// Why, in words for operators and the delivery log (never a secret's value).
+    pub reason: String,
+    /// Its subscription, if the record's `active`, `events` and `propertyFilters`
+    /// read.
+    pub subscription: Option<Subscription>,
+    pub throttling: Option<Throttling>,
+    pub generation: Option<u64>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// What decides whether an event goes to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub active: bool,
+    pub events: Vec<Pattern>,
+    #[serde(default)]
+    pub property_filters: PropertyFilters,
+}
+
+impl UnreadableWebhook {
+    /// Whether the webhook wants an event of `key`: `None` when its subscription
+    /// could not be read, so that nobody can tell.
+    pub fn wants(&self, key: &EventKey, properties_updated: Option<&[String]>) -> Option<bool> {
+        self.subscription.as_ref().map(|s| {
+            courier_core::webhook::wants(
+                s.active,
+                &s.events,
+                &s.property_filters,
+                key,
+                properties_updated,
+            )
+        })
+    }
+
+    /// Whether work created under `generation` is over for it as far as can be
+    /// read: the webhook is disabled, or of another generation.
+    pub fn cancels(&self, generation: u64) -> bool {
+        self.subscription.as_ref().is_some_and(|s| !s.active)
+            || self.generation.is_some_and(|g| g != generation)
+    }
+}
+
+/// Reads the stored record of webhook `id`: opened whole, or unreadable with what
+/// could be read of it.
+pub(crate) fn read_webhook(keyring: &Keyring, id: WebhookId, raw: &str) -> StoredWebhook {
+    let reason = match open_webhook(keyring, raw) {
+        Ok(webhook) => return StoredWebhook::Readable(webhook),
+        Err(StoreError::Corrupt(reason)) => reason,
+        Err(other) => other.to_string(),
+    };
+    let record: Option<Value> = serde_json::from_str(raw).ok();
+    let field = |name: &str| record.as_ref().and_then(|r| r.get(name));
+    StoredWebhook::Unreadable(UnreadableWebhook {
+        id,
+        reason,
+        subscription: record
+            .as_ref()
+            .and_then(|r| Subscription::deserialize(r).ok()),
+        throttling: field("throttling").and_then(|v| Throttling::deserialize(v).ok()),
+        generation: field("generation").and_then(Value::as_u64),
+        created_at: field("createdAt").and_then(|v| DateTime::<Utc>::deserialize(v).ok()),
+    })
+}
 
 /// What the seal of a stored secret is bound to.
 fn context(webhook_id: &str) -> Vec<u8> {
@@ -389,6 +478,81 @@ mod tests {
         let err = open_webhook(&keyring, &raw_b.to_string()).unwrap_err();
         assert!(!err.to_string().contains("whsec_"));
         assert!(err.to_string().contains("does not open"), "{err}");
+    }
+
+    fn unreadable(keyring: &Keyring, raw: &str) -> UnreadableWebhook {
+        match read_webhook(keyring, WebhookId::parse("wh_stored").unwrap(), raw) {
+            StoredWebhook::Unreadable(u) => u,
+            StoredWebhook::Readable(w) => panic!("read {w:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_under_a_key_not_in_the_keyring_is_unreadable_with_its_subscription() {
+        let wh = webhook();
+        let raw = seal_webhook(
+            &Keyring::parse(&Keyring::generate_entry("gone")).unwrap(),
+            &wh,
+        );
+        let here = Keyring::parse(&Keyring::generate_entry("here")).unwrap();
+        let u = unreadable(&here, &raw);
+        assert_eq!(u.id.as_str(), "wh_stored", "the id is the stored key's");
+        assert!(
+            u.reason.contains("key gone, which is not in the keyring"),
+            "{}",
+            u.reason
+        );
+        assert!(!u.reason.contains("whsec_") && !u.reason.contains("rk_plain_1"));
+        assert_eq!(u.generation, Some(wh.generation));
+        assert_eq!(u.throttling, Some(wh.throttling));
+        assert_eq!(u.created_at, Some(wh.created_at));
+        let key = EventKey::parse("Prospect.EntityCreated").unwrap();
+        assert_eq!(u.wants(&key, None), Some(true));
+        let other = EventKey::parse("Account.EntityCreated").unwrap();
+        assert_eq!(u.wants(&other, None), Some(false));
+        assert!(!u.cancels(wh.generation));
+        assert!(u.cancels(wh.generation + 1));
+        let readable = read_webhook(
+            &Keyring::dev(),
+            wh.id.clone(),
+            &seal_webhook(&Keyring::dev(), &wh),
+        );
+        assert!(matches!(readable, StoredWebhook::Readable(w) if w == wh));
+    }
+
+    #[test]
+    fn a_record_of_a_newer_version_or_corrupt_keeps_what_reads() {
+        let keyring = Keyring::dev();
+        let wh = webhook();
+        let mut newer: Value = serde_json::from_str(&seal_webhook(&keyring, &wh)).unwrap();
+        newer["signatureScheme"] = "ed25519".into();
+        let u = unreadable(&keyring, &newer.to_string());
+        assert!(u.reason.contains("ed25519"), "{}", u.reason);
+        assert!(u.subscription.is_some());
+        // A pattern this version cannot parse: nobody can tell what it wants.
+        newer["events"] = serde_json::json!(["Prospect.*", "**"]);
+        let u = unreadable(&keyring, &newer.to_string());
+        assert_eq!(u.subscription, None);
+        let key = EventKey::parse("Prospect.EntityCreated").unwrap();
+        assert_eq!(u.wants(&key, None), None);
+        assert_eq!(u.generation, Some(wh.generation));
+        newer["active"] = false.into();
+        newer["events"] = serde_json::json!(["Prospect.*"]);
+        let u = unreadable(&keyring, &newer.to_string());
+        assert_eq!(u.wants(&key, None), Some(false));
+        assert!(
+            u.cancels(wh.generation),
+            "a disabled webhook's work is over"
+        );
+        for garbage in ["", "{", "[1,2]", "null", "{\"id\": 5}"] {
+            let u = unreadable(&keyring, garbage);
+            assert_eq!(
+                (u.subscription, u.generation, u.throttling),
+                (None, None, None),
+                "{garbage}"
+            );
+            assert!(!u.reason.is_empty());
+        }
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //!   the W3C trace context in message and HTTP headers.
 //! - [`metrics`]: Prometheus pieces both services use (broker and Redis figures).
 //! - [`shutdown`]: SIGTERM and SIGINT as a cancellation token.
+//! - [`serve`]: HTTP serving with header, body and idle deadlines, a cap on
+//!   connections and a bounded graceful shutdown.
 
 pub mod logging;
 pub mod metrics;
+pub mod serve;
 pub mod settings;
 pub mod shutdown;
 pub mod traces;

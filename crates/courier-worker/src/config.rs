@@ -35,8 +35,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "COURIER_DELIVERY_CONCURRENCY", default_value_t = 256)]
     pub delivery_concurrency: usize,
 
-    /// Most deliveries in flight to one webhook in this process, so that one
-    /// stalling endpoint cannot take every slot; the rest of its jobs wait a little.
+    /// Most deliveries in flight to one webhook in this process. A webhook's own cap
+    /// adapts below it: 2 until it first answers (a prompt first answer opens it
+    /// fully), one more with each answer while all its slots are in use, halved at
+    /// each timeout, failed connection or 429, and no new attempt while one has gone
+    /// on far longer than its answers take; so a stalling endpoint holds few slots.
+    /// The rest of its jobs wait in the delay ladder, longer each time (1 s, 5 s,
+    /// then 30 s with the default ladder) unless it answers promptly and is only busy.
     #[arg(long, env = "COURIER_WEBHOOK_CONCURRENCY", default_value_t = 16)]
     pub webhook_concurrency: usize,
 

@@ -70,6 +70,7 @@ where
     let handler = Arc::new(handler);
     while let Some(conn) = broker.connection(&stop).await {
         let session = Session {
+            broker,
             settings: &settings,
             slots: &slots,
             tracker: &tracker,
@@ -104,6 +105,7 @@ where
 }
 
 struct Session<'a> {
+    broker: &'a Broker,
     settings: &'a ConsumeSettings,
     slots: &'a Arc<Semaphore>,
     tracker: &'a TaskTracker,
@@ -125,6 +127,9 @@ impl Session<'_> {
     {
         let queue = &self.settings.queue;
         let channel: Channel = conn.create_channel().await?;
+        // Open until the connection closes: the broker hands unacked messages back
+        // then, and closing the channel alone at that moment would race the close.
+        self.broker.hold(channel.clone());
         let unacked = self
             .settings
             .concurrency
@@ -161,8 +166,14 @@ impl Session<'_> {
                     ))
                 }
             };
-            let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                break Ok(());
+            // Not taken up after a stop: the message goes back unacked.
+            let permit = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break Ok(()),
+                permit = self.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break Ok(()),
+                },
             };
             let (handler, abandon, channel) =
                 (handler.clone(), self.abandon.clone(), channel.clone());
@@ -179,13 +190,8 @@ impl Session<'_> {
                 .basic_cancel(&tag, BasicCancelOptions::default())
                 .await;
         }
-        // The channel closes once in-flight handlers have settled (their acks need
-        // it); its unacked messages then go back to the queue.
-        let tracker = self.tracker.clone();
-        tokio::spawn(async move {
-            tracker.wait().await;
-            let _ = channel.close(200, "stopping").await;
-        });
+        // In-flight handlers still ack on the channel; it closes with the connection
+        // (see `Broker::hold`).
         result
     }
 }

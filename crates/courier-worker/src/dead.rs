@@ -3,7 +3,8 @@
 //!
 //! A parked delivery job (unprocessable after too many redeliveries) has its batch
 //! marked `failed` in the delivery log, with the reason, so that its tenant sees it
-//! among the dead letters and can replay it. Anything else (an event, an unreadable
+//! among the dead letters and can replay it (unless the tenant was deleted: its log
+//! is purged, and nothing is recorded for it). Anything else (an event, an unreadable
 //! message) needs nothing here. Either way the copy is acked and the consumer goes
 //! on with the next message; only an unreachable Redis hands it back for later.
 
@@ -34,7 +35,17 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
     span.record("batch_id", job.batch_id.to_string());
     span.record("webhook_id", job.webhook_id.as_str());
     let reason = reason(&DeadLetter::of(&delivery.properties));
-    match p.store.mark_dead(&job, &reason, p.log_retention).await {
+    // A deleted tenant's log is purged: nothing is recorded for it any more.
+    let marked = match p
+        .store
+        .tenant_outlived(&job.tenant_id, job.created_at)
+        .await
+    {
+        Ok(true) => Ok(false),
+        Ok(false) => p.store.mark_dead(&job, &reason, p.log_retention).await,
+        Err(e) => Err(e),
+    };
+    match marked {
         Ok(marked) => {
             tracing::info!(marked, reason, "a parked delivery job was recorded");
             p.metrics.dead_letter(if marked {
@@ -42,6 +53,13 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
             } else {
                 DeadResult::ignored
             });
+            Settle::Ack
+        }
+        // The log record cannot be read: the parked job stays in `courier.dead` for
+        // an operator; its copy here is done with.
+        Err(e) if e.is_permanent() => {
+            tracing::error!(error = %e, "a parked delivery job's log record cannot be read; not recorded");
+            p.metrics.dead_letter(DeadResult::ignored);
             Settle::Ack
         }
         Err(e) => {

@@ -21,16 +21,16 @@ use courier_core::delivery::{
     TransportError, Verdict,
 };
 use courier_core::envelope::DeliveryJob;
-use courier_core::retry::RetryPolicy;
+use courier_core::retry::{self, RetryPolicy};
 use courier_core::webhook::Webhook;
-use courier_store::{Claim, ClaimRequest, StoreError};
+use courier_store::{Claim, ClaimRequest, StoreError, UnreadableWebhook};
 use opentelemetry::KeyValue;
 
 use crate::carry::Carried;
 use crate::consumer::Settle;
 use crate::fanout::park;
-use crate::inflight::Slot;
-use crate::metrics::JobResult;
+use crate::inflight::{Ended, Slot};
+use crate::metrics::{DeferReason, JobResult, UnreadableResult};
 use crate::observe::{server_attributes, AttemptOutcome, AttemptSpan, DeadReason};
 use crate::sender::Sent;
 use crate::{schedule, Pipeline};
@@ -59,8 +59,11 @@ pub enum Outcome {
     NotYetDue {
         remaining: Duration,
     },
-    /// Its webhook had its most deliveries in flight; it comes back shortly.
-    Deferred,
+    /// Its webhook had its most deliveries in flight; it comes back after this wait
+    /// (longer at each deferral).
+    Deferred {
+        after: Duration,
+    },
 }
 
 /// Why a job could not be handled now; it is handled again after a pause.
@@ -73,7 +76,7 @@ pub enum Unavailable {
 }
 
 /// How long a job waits for a free slot of its webhook before it is sent around the
-/// smallest rung instead.
+/// delay ladder instead.
 const SLOT_WAIT: Duration = Duration::from_millis(50);
 
 /// Extra time a claim lease lasts beyond the webhook's timeout.
@@ -93,7 +96,8 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
     let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
         Ok(job) => job,
         Err(e) => {
-            let settle = park(p, delivery, &format!("unparseable delivery job: {e}")).await;
+            let reason = format!("unparseable delivery job: {e}");
+            let settle = park(p, delivery, &reason, DeadReason::unparseable).await;
             if settle == Settle::Ack {
                 p.metrics.job_consumed();
             }
@@ -111,7 +115,28 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
     span.record("attempt", job.attempt);
     let holder = format!("{}:d{}", p.instance, delivery.delivery_tag);
     let carried = Carried::of(&delivery.properties);
-    settle(p, queued(p, &job, &holder, &carried).await, Source::Job)
+    match queued(p, &job, &holder, &carried).await {
+        // Stored state the job needs cannot be read: trying again never helps.
+        Err(Unavailable::Store(e)) if e.is_permanent() => park_unreadable(p, delivery, &e).await,
+        handled => settle(p, handled, Source::Job),
+    }
+}
+
+/// Parks a job (or an event) that stored state it needs makes unprocessable for
+/// good, so that it does not hold a handler slot forever; an operator can requeue it
+/// once the state is repaired.
+pub async fn park_unreadable(p: &Pipeline, delivery: &Delivery, error: &StoreError) -> Settle {
+    tracing::error!(error = %error, "stored state this message needs cannot be read; parking it");
+    let reason = format!("stored state cannot be read: {error}");
+    let settle = park(p, delivery, &reason, DeadReason::unreadable_state).await;
+    if settle == Settle::Ack {
+        p.metrics.job_consumed();
+    }
+    p.metrics.delivery(match settle {
+        Settle::Ack => JobResult::parked,
+        Settle::Retry => JobResult::paused,
+    });
+    settle
 }
 
 /// Where a delivery started.
@@ -129,7 +154,10 @@ pub fn settle(p: &Pipeline, handled: Result<Outcome, Unavailable>, source: Sourc
     match handled {
         Ok(outcome) => {
             tracing::debug!(?outcome, "delivery handled");
-            let waits = matches!(outcome, Outcome::NotYetDue { .. } | Outcome::Deferred);
+            let waits = matches!(
+                outcome,
+                Outcome::NotYetDue { .. } | Outcome::Deferred { .. }
+            );
             if source == Source::Job && !waits {
                 p.metrics.job_consumed();
             }
@@ -142,7 +170,8 @@ pub fn settle(p: &Pipeline, handled: Result<Outcome, Unavailable>, source: Sourc
                     p.metrics.delivery(JobResult::duplicate)
                 }
                 // The same job goes on waiting: neither ended nor a new one.
-                Outcome::NotYetDue { .. } | Outcome::Deferred => p.metrics.job_deferred(),
+                Outcome::NotYetDue { .. } => p.metrics.job_deferred(DeferReason::not_due),
+                Outcome::Deferred { .. } => p.metrics.job_deferred(DeferReason::saturated),
             }
             Settle::Ack
         }
@@ -157,37 +186,74 @@ pub fn settle(p: &Pipeline, handled: Result<Outcome, Unavailable>, source: Sourc
     }
 }
 
-/// A queued job: back into the ladder if it is early, around the smallest rung if
-/// its webhook has no free slot, else attempted.
+/// A queued job: ended at once if its webhook cannot be read (`failed`) or is gone,
+/// disabled or of another generation (`cancelled`); back into the ladder if its
+/// hop left it more to wait; around the ladder if its webhook has no free slot
+/// ([`schedule::defer`]); else attempted.
 async fn queued(
     p: &Pipeline,
     job: &DeliveryJob,
     holder: &str,
     carried: &Carried,
 ) -> Result<Outcome, Unavailable> {
-    let now = Utc::now();
-    let remaining = schedule::remaining(job, now);
+    let webhooks = p.webhooks.tenant(&job.tenant_id).await?;
+    if let Some(unreadable) = webhooks.unreadable.iter().find(|u| u.id == job.webhook_id) {
+        if !unreadable.cancels(job.generation) {
+            return fail_unreadable(p, job, unreadable).await;
+        }
+    }
+    let Some(webhook) = webhooks
+        .readable
+        .iter()
+        .find(|w| w.id == job.webhook_id && w.active && w.generation == job.generation)
+    else {
+        // Its webhook was deleted, disabled or changed generation since the work
+        // was created: the job ends now, not after hopping on until it is due.
+        return attempt(p, job, holder, carried, None).await;
+    };
+    let remaining = schedule::left(job, carried, Utc::now());
     if remaining > LOCAL_WAIT {
-        schedule::publish(p, job, carried, now).await?;
+        schedule::publish(p, job, carried, remaining).await?;
         return Ok(Outcome::NotYetDue { remaining });
     }
     tokio::time::sleep(remaining).await;
 
-    let webhooks = p.webhooks.tenant(&job.tenant_id).await?;
-    // A webhook with its most deliveries in flight (a stalling endpoint) does not
-    // get more of this worker's slots: the job comes back after the smallest rung.
+    // A webhook with its most deliveries in flight does not get more of this
+    // worker's slots: the job comes back later (each time later for a slow one).
     let Some(slot) = p.inflight.acquire_within(&job.webhook_id, SLOT_WAIT).await else {
-        schedule::defer(p, job, carried).await?;
-        return Ok(Outcome::Deferred);
+        let after = schedule::defer(p, job, carried).await?;
+        return Ok(Outcome::Deferred { after });
     };
-    let webhook = webhooks.iter().find(|w| w.id == job.webhook_id);
-    attempt(p, job, holder, carried, webhook, slot).await
+    attempt(p, job, holder, carried, Some((webhook, slot))).await
+}
+
+/// Ends `job` `failed` in the delivery log without a POST (nothing can be sent
+/// without the webhook's secret and address): its webhook's stored record cannot
+/// be read. Waiting would not help, so the job, whatever its attempt, ends now.
+pub async fn fail_unreadable(
+    p: &Pipeline,
+    job: &DeliveryJob,
+    webhook: &UnreadableWebhook,
+) -> Result<Outcome, Unavailable> {
+    let reason = format!(
+        "the webhook's stored record cannot be read ({}); nothing was sent",
+        webhook.reason
+    );
+    if !p.store.mark_dead(job, &reason, p.log_retention).await? {
+        // Its series already ended (a copy of this job, a redelivered event).
+        return Ok(Outcome::Duplicate);
+    }
+    p.metrics.unreadable(UnreadableResult::failed);
+    p.metrics.flow.dead_letter(DeadReason::unreadable_webhook);
+    tracing::warn!(batch_id = %job.batch_id, webhook_id = %job.webhook_id, "a delivery ended failed: its webhook's stored record cannot be read");
+    Ok(Outcome::GiveUp { reason })
 }
 
 /// Attempts a fresh job (attempt 1, due now) at once, from the fan-out, if its
-/// webhook and the worker have a free delivery slot; `None` leaves the job to be
-/// queued instead. `holder` names the consumed event, `carried` what its jobs
-/// would carry.
+/// webhook is known to answer promptly and it (within [`SLOT_WAIT`]) and the
+/// worker have a free delivery slot; `None` leaves the job to be queued instead,
+/// so that the fan-out never waits long for a slot, nor on a slow endpoint.
+/// `holder` names the consumed event, `carried` what its jobs would carry.
 pub async fn now(
     p: &Pipeline,
     job: &DeliveryJob,
@@ -195,21 +261,36 @@ pub async fn now(
     carried: &Carried,
     webhook: &Webhook,
 ) -> Option<Result<Outcome, Unavailable>> {
-    let slot = p.inflight.try_acquire(&job.webhook_id)?;
-    Some(attempt(p, job, holder, carried, Some(webhook), slot).await)
+    let slot = p
+        .inflight
+        .acquire_prompt_within(&job.webhook_id, SLOT_WAIT)
+        .await?;
+    Some(attempt(p, job, holder, carried, Some((webhook, slot))).await)
 }
 
-/// One attempt of `job` to `webhook` as configured now (`None`: deleted), holding
-/// `_slot` while it runs.
+/// One attempt of `job` to its webhook as configured now, holding its delivery slot
+/// while it runs; without one (`None`: the webhook was deleted, disabled, or is of
+/// another generation) the attempt is claimed and ends `cancelled`.
 async fn attempt(
     p: &Pipeline,
     job: &DeliveryJob,
     holder: &str,
     carried: &Carried,
-    webhook: Option<&Webhook>,
-    _slot: Slot,
+    target: Option<(&Webhook, Slot)>,
 ) -> Result<Outcome, Unavailable> {
+    let (webhook, slot) = target.unzip();
     let span = AttemptSpan::start(p, job, carried);
+    // The work of a deleted tenant (or of an earlier tenant with the same id) ends
+    // here without a trace: the tenant's log is purged, nobody could read it.
+    if webhook.is_none()
+        && p.store
+            .tenant_outlived(&job.tenant_id, job.created_at)
+            .await?
+    {
+        tracing::info!(tenant = %job.tenant_id, "dropping work of a deleted tenant");
+        span.finish("cancelled", None);
+        return Ok(Outcome::Cancelled);
+    }
     let body = Bytes::from(job.envelope().to_body());
     let timeout = webhook.map_or(Duration::ZERO, |w| {
         Duration::from_millis(u64::from(w.timeout_ms))
@@ -246,7 +327,13 @@ async fn attempt(
     }
     let Some(webhook) = webhook.filter(|w| w.active && w.generation == job.generation) else {
         p.store
-            .finish(job, None, DeliveryStatus::Cancelled, p.log_retention)
+            .finish(
+                job,
+                holder,
+                None,
+                DeliveryStatus::Cancelled,
+                p.log_retention,
+            )
             .await?;
         span.finish("cancelled", None);
         return Ok(Outcome::Cancelled);
@@ -259,6 +346,9 @@ async fn attempt(
         let _busy = p.metrics.flow.in_flight();
         p.sender.post(webhook, job, body, trace.as_ref()).await
     };
+    if let Some(slot) = &slot {
+        slot.ended(Ended::of(&sent.result));
+    }
     let verdict = classify(&sent.result, policy.retry_client_errors);
     let permanent = matches!(verdict, Verdict::Permanent { .. });
     // A refused target says which address and why (the target policy).
@@ -293,14 +383,16 @@ async fn attempt(
         AfterAttempt::Retry { after } => {
             // The next attempt is confirmed by the broker before this one is recorded
             // and acked: nothing can lose it in between. It continues this attempt's
-            // trace.
+            // trace. Its wait is lengthened a little at random, so that deliveries
+            // that failed together do not come back together.
+            let after = retry::jittered(after, rand::random());
             let finished = Utc::now();
             let next = job.next_attempt(schedule::after(finished, after));
             let onward = carried.continuing(p.traces.inject(span.cx()));
-            let route = schedule::publish(p, &next, &onward, finished).await?;
+            let route = schedule::publish(p, &next, &onward, after).await?;
             p.metrics.flow.retry_scheduled(route);
             p.metrics.jobs_published(1);
-            let words = format!("{what}; retrying in {}", humantime::format_duration(after));
+            let words = format!("{what}; retrying in {}", in_words(after));
             (Outcome::Retry { after }, DeliveryStatus::Retrying, words)
         }
         AfterAttempt::GiveUp { reason } => {
@@ -316,7 +408,7 @@ async fn attempt(
     let latency = sent.latency;
     let record = attempt_record(job, sent, words);
     p.store
-        .finish(job, Some(&record), status, p.log_retention)
+        .finish(job, holder, Some(&record), status, p.log_retention)
         .await?;
     match &outcome {
         Outcome::Delivered => {
@@ -339,6 +431,12 @@ async fn attempt(
         }
     }
     Ok(outcome)
+}
+
+/// A wait in words, to the millisecond (`1m 30s 250ms`).
+fn in_words(wait: Duration) -> String {
+    let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
 }
 
 /// What the endpoint did, in words.

@@ -1,11 +1,14 @@
 //! The fan-out stage: one event in; for each webhook that wants it, a delivery.
 //!
 //! An event for a webhook without batching is attempted at once when the webhook
-//! and the worker have a free delivery slot: the POST runs here and the event is
-//! acked once it is recorded (or its retry is queued), exactly as a delivery job
-//! would have been, so the event spares a second trip through the broker. Without
-//! a free slot (a slow or stalling endpoint, a busy worker) it becomes a delivery
-//! job of `courier.deliveries`. Throttled webhooks' events go into their batches.
+//! is known to answer promptly (see [`crate::inflight`]) and it (within 50 ms) and
+//! the worker have a free delivery slot: the POST runs here and the event is acked
+//! once it is recorded (or its retry is queued), exactly as a delivery job would
+//! have been, so the event spares a second trip through the broker. Otherwise (a
+//! webhook not seen to answer yet, a slow or stalling endpoint, a busy worker) it
+//! becomes a delivery job of `courier.deliveries`: the fan-out waits neither long
+//! for a slot nor on an endpoint that is not known to answer within a second.
+//! Throttled webhooks' events go into their batches.
 
 use chrono::Utc;
 use courier_broker::dead::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
@@ -14,7 +17,6 @@ use courier_broker::topology::{DEAD_REASON_HEADER, DELIVERY_ROUTING_KEY};
 use courier_broker::Message;
 use courier_core::envelope::DeliveryJob;
 use courier_core::event::Event;
-use courier_core::ids::BatchId;
 
 use courier_store::batch::Append;
 use courier_telemetry::metrics::{AmqpOperation, Destination};
@@ -26,7 +28,7 @@ use crate::batching::hand_on;
 use crate::carry::Carried;
 use crate::consumer::Settle;
 use crate::deliver;
-use crate::metrics::EventResult;
+use crate::metrics::{EventResult, UnreadableResult};
 use crate::observe::{self, DeadReason};
 use crate::Pipeline;
 
@@ -58,7 +60,7 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         Ok(e) => e,
         Err(e) => {
             cx.span().set_status(Status::error("unparseable event"));
-            let settle = park(p, delivery, &e.to_string()).await;
+            let settle = park(p, delivery, &e.to_string(), DeadReason::unparseable).await;
             p.metrics.event(match settle {
                 Settle::Ack => EventResult::parked,
                 Settle::Retry => EventResult::paused,
@@ -79,12 +81,7 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
     let onward = carried.of_event_jobs(p.traces.inject(cx));
     let webhooks = match p.webhooks.tenant(&event.tenant).await {
         Ok(w) => w,
-        Err(e) => {
-            p.metrics.flow.deps.redis_error();
-            tracing::warn!(error = %e, "could not read webhooks; requeueing the event");
-            p.metrics.event(EventResult::paused);
-            return Settle::Retry;
-        }
+        Err(e) => return unavailable(p, delivery, &e, "could not read webhooks").await,
     };
     let now = Utc::now();
     let holder = format!("{}:e{}", p.instance, delivery.delivery_tag);
@@ -95,22 +92,57 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
     let mut at_once = Vec::new();
     let mut jobs = Vec::new();
     let mut cut = Vec::new();
+    // A webhook whose stored record cannot be read gets nothing (without its secret
+    // and address nothing can be sent): an event it wants ends failed in the log at
+    // once, as a batch of one; the event goes on to every other webhook.
+    let mut failed = Vec::new();
+    for u in &webhooks.unreadable {
+        match u.wants(&event.key, event.properties_updated.as_deref()) {
+            Some(true) => failed.push((
+                DeliveryJob::single(
+                    event.tenant.clone(),
+                    u.id.clone(),
+                    u.generation.unwrap_or_default(),
+                    event.to_envelope_event(),
+                    now,
+                ),
+                u,
+            )),
+            Some(false) => {}
+            None => {
+                // Logged as an ERROR when the record was read (webhooks.rs).
+                p.metrics.unreadable(UnreadableResult::undecided);
+                tracing::warn!(
+                    webhook_id = %u.id,
+                    "whether an unreadable webhook wants the event is unknown: not delivered to it"
+                );
+            }
+        }
+    }
+    for (job, u) in &failed {
+        let settle = deliver::settle(
+            p,
+            deliver::fail_unreadable(p, job, u).await,
+            deliver::Source::Event,
+        );
+        if settle == Settle::Retry {
+            p.metrics.event(EventResult::paused);
+            return Settle::Retry;
+        }
+    }
     for w in webhooks
+        .readable
         .iter()
         .filter(|w| w.wants(&event.key, event.properties_updated.as_deref()))
     {
         if !w.throttling.batches() {
-            let job = DeliveryJob {
-                batch_id: BatchId::for_single(&w.id, &event.id),
-                tenant_id: event.tenant.clone(),
-                webhook_id: w.id.clone(),
-                generation: w.generation,
-                series: 1,
-                attempt: 1,
-                created_at: now,
-                due_at: now,
-                events: vec![event.to_envelope_event()],
-            };
+            let job = DeliveryJob::single(
+                event.tenant.clone(),
+                w.id.clone(),
+                w.generation,
+                event.to_envelope_event(),
+                now,
+            );
             if redelivered {
                 jobs.push((job, onward.clone()));
             } else {
@@ -133,11 +165,28 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         match placed {
             Ok(Append::Placed { cut: batches }) => cut.extend(batches),
             Ok(Append::Duplicate) => {}
+            // The webhook's batch state is unreadable: the event ends failed for
+            // this webhook alone, and goes on to the others.
+            Err(e) if e.is_permanent() => {
+                let job = DeliveryJob::single(
+                    event.tenant.clone(),
+                    w.id.clone(),
+                    w.generation,
+                    event.to_envelope_event(),
+                    now,
+                );
+                tracing::error!(error = %e, webhook_id = %w.id, "a webhook's batch state cannot be read; the event ends failed for it");
+                let reason = format!(
+                    "the webhook's waiting batch cannot be read ({e}); the event was not placed"
+                );
+                if let Err(e) = p.store.mark_dead(&job, &reason, p.log_retention).await {
+                    return unavailable(p, delivery, &e, "could not record an unplaceable event")
+                        .await;
+                }
+                p.metrics.flow.dead_letter(DeadReason::unreadable);
+            }
             Err(e) => {
-                p.metrics.flow.deps.redis_error();
-                tracing::warn!(error = %e, "could not place the event in a batch; requeueing it");
-                p.metrics.event(EventResult::paused);
-                return Settle::Retry;
+                return unavailable(p, delivery, &e, "could not place the event in a batch").await
             }
         }
     }
@@ -145,9 +194,9 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         // Attempts this event started for webhooks that no longer take it alone
         // (disabled, deleted, unsubscribed, now batching) must still end.
         let others: Vec<_> = webhooks
-            .iter()
-            .filter(|w| !jobs.iter().any(|(j, _)| j.webhook_id == w.id))
-            .map(|w| w.id.clone())
+            .ids()
+            .filter(|id| !jobs.iter().any(|(j, _)| &j.webhook_id == *id))
+            .cloned()
             .collect();
         match p
             .store
@@ -156,23 +205,26 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         {
             Ok(lost) => jobs.extend(lost.into_iter().map(|job| (job, onward.clone()))),
             Err(e) => {
-                p.metrics.flow.deps.redis_error();
-                tracing::warn!(error = %e, "could not look for lost attempts; requeueing the event");
-                p.metrics.event(EventResult::paused);
-                return Settle::Retry;
+                return unavailable(p, delivery, &e, "could not look for lost attempts").await
             }
         }
     }
-    // Each attempt made here holds a delivery slot; what finds none is queued.
-    let attempts = at_once.iter().map(|(job, w)| async {
-        deliver::now(p, job, &holder, &onward, w)
-            .await
-            .map(|handled| deliver::settle(p, handled, deliver::Source::Event))
-    });
+    // Each attempt made here holds a delivery slot; what finds none, or whose
+    // webhook is not known to answer promptly, is queued.
+    let attempts = at_once
+        .iter()
+        .map(|(job, w)| deliver::now(p, job, &holder, &onward, w));
     let mut delivered = true;
-    for ((job, _), settled) in at_once.iter().zip(join_all(attempts).await) {
-        match settled {
-            Some(settle) => delivered &= settle == Settle::Ack,
+    for ((job, _), handled) in at_once.iter().zip(join_all(attempts).await) {
+        match handled {
+            // Stored state of this attempt cannot be read: its job goes through
+            // the queue, which parks it, and the event goes on to the others.
+            Some(Err(deliver::Unavailable::Store(e))) if e.is_permanent() => {
+                jobs.push((job.clone(), onward.clone()))
+            }
+            Some(handled) => {
+                delivered &= deliver::settle(p, handled, deliver::Source::Event) == Settle::Ack
+            }
             None => jobs.push((job.clone(), onward.clone())),
         }
     }
@@ -186,6 +238,31 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         p.metrics.event(EventResult::paused);
         Settle::Retry
     }
+}
+
+/// A Redis failure while fanning an event out: the event is handled again after a
+/// pause, unless the stored state it needs is unreadable for good, in which case it
+/// is parked (an ERROR) rather than held forever.
+async fn unavailable(
+    p: &Pipeline,
+    delivery: &Delivery,
+    error: &courier_store::StoreError,
+    what: &str,
+) -> Settle {
+    if error.is_permanent() {
+        tracing::error!(error = %error, "{what}: stored state cannot be read; parking the event");
+        let reason = format!("{what}: stored state cannot be read: {error}");
+        let settle = park(p, delivery, &reason, DeadReason::unreadable_state).await;
+        p.metrics.event(match settle {
+            Settle::Ack => EventResult::parked,
+            Settle::Retry => EventResult::paused,
+        });
+        return settle;
+    }
+    p.metrics.flow.deps.redis_error();
+    tracing::warn!(error = %error, "{what}; requeueing the event");
+    p.metrics.event(EventResult::paused);
+    Settle::Retry
 }
 
 /// Publishes delivery jobs, each with what it carries in its headers, with
@@ -229,8 +306,9 @@ pub async fn publish_jobs(p: &Pipeline, jobs: &[(DeliveryJob, Carried)]) -> bool
 
 /// Moves a message that can never be processed to `courier.dead` (through its
 /// fanout exchange, which also feeds the delivery log's copy), with the reason and
-/// where it came from, so that an operator can requeue it.
-pub async fn park(p: &Pipeline, delivery: &Delivery, reason: &str) -> Settle {
+/// where it came from, so that an operator can requeue it; `why` is what the metric
+/// counts it as.
+pub async fn park(p: &Pipeline, delivery: &Delivery, reason: &str, why: DeadReason) -> Settle {
     tracing::warn!(
         reason,
         "parking an unprocessable message in the dead-letter queue"
@@ -255,7 +333,7 @@ pub async fn park(p: &Pipeline, delivery: &Delivery, reason: &str) -> Settle {
                 .flow
                 .deps
                 .confirmed(Destination::dead, sent_at.elapsed());
-            p.metrics.flow.dead_letter(DeadReason::unparseable);
+            p.metrics.flow.dead_letter(why);
             Settle::Ack
         }
         Err(e) => {

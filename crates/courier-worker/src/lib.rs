@@ -9,7 +9,8 @@
 //! - [`dead`]: parked delivery jobs marked `failed` in the log.
 //! - [`batching`]: throttled webhooks' batches: flushing due ones, taking over abandoned
 //!   ones, re-cutting after configuration changes.
-//! - [`inflight`]: the caps on deliveries in flight, in all and per webhook.
+//! - [`inflight`]: the caps on deliveries in flight, in all and per webhook
+//!   (adaptive), and which webhooks answer promptly.
 //! - [`sender`]: the outbound HTTP request.
 //! - [`guard`]: where deliveries may connect (the target policy against SSRF) and
 //!   the egress proxy.
@@ -157,9 +158,8 @@ pub async fn run(
         let stop = stop.clone();
         let app = admin::router(pipeline.clone());
         tokio::spawn(async move {
-            axum::serve(admin, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            let limits = courier_telemetry::serve::HttpSettings::default();
+            courier_telemetry::serve::serve(admin, app, &limits, stop).await
         })
     };
     let stage = |queue: String, concurrency: usize| ConsumeSettings {
@@ -169,8 +169,8 @@ pub async fn run(
         grace: config.shutdown_grace,
     };
     let prefetch = usize::from(config.prefetch);
-    // The fan-out makes the first attempt of most deliveries: it runs as many
-    // handlers as there are delivery slots.
+    // The fan-out makes the first attempt of most deliveries (those of webhooks
+    // that answer promptly): it runs as many handlers as there are delivery slots.
     let fanout = {
         let p = pipeline.clone();
         consumer::consume(
@@ -217,7 +217,7 @@ pub async fn run(
     let _ = following.await;
     let _ = flushing.await;
     let _ = recutting.await;
-    pipeline.publisher.close().await;
+    pipeline.publisher.settle().await;
     broker.shutdown().await;
     traces.shutdown().await;
     tracing::info!("worker stopped");

@@ -34,6 +34,38 @@ pub enum JobResult {
     paused,
 }
 
+/// What became of a delivery whose webhook's stored record cannot be read.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UnreadableResult {
+    /// It ended `failed` in the delivery log, without a POST.
+    failed,
+    /// Not even the webhook's subscription reads, so whether it wants the event is
+    /// unknown: nothing was delivered or logged.
+    undecided,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnreadableLabels {
+    result: UnreadableResult,
+}
+
+/// Why a delivery job went back into the delay ladder without an attempt (each
+/// time one more message through the broker).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DeferReason {
+    /// Its wait was not over when it came out of a delay queue.
+    not_due,
+    /// Its webhook had its most deliveries in flight in this worker.
+    saturated,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeferLabels {
+    reason: DeferReason,
+}
+
 /// What became of a copy of a parked message (`courier.dead.log`).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -69,7 +101,8 @@ pub struct Metrics {
     jobs_published: Counter,
     jobs_consumed: Counter,
     deliveries: Family<JobLabels, Counter>,
-    jobs_deferred: Counter,
+    jobs_deferred: Family<DeferLabels, Counter>,
+    unreadable: Family<UnreadableLabels, Counter>,
     dead_letters: Family<DeadLabels, Counter>,
     /// Attempt durations, latencies, retries, dead letters, dependency errors.
     pub flow: crate::observe::FlowMetrics,
@@ -88,8 +121,14 @@ impl Default for Metrics {
             "Events per batch handed on for throttled webhooks",
             batch_size.clone(),
         );
-        let jobs_deferred = Counter::default();
+        let jobs_deferred = Family::<DeferLabels, Counter>::default();
         let dead_letters = Family::<DeadLabels, Counter>::default();
+        let unreadable = Family::<UnreadableLabels, Counter>::default();
+        registry.register(
+            "courier_unreadable_webhook_deliveries",
+            "Deliveries for webhooks whose stored record cannot be read: failed (ended failed in the log without a POST), undecided (not even its subscription reads; not delivered)",
+            unreadable.clone(),
+        );
         registry.register(
             "courier_events_consumed",
             "Events consumed from the intake queue, by result",
@@ -112,7 +151,7 @@ impl Default for Metrics {
         );
         registry.register(
             "courier_jobs_deferred",
-            "Delivery jobs that came out of the delay ladder before their due time and went back in",
+            "Delivery jobs sent back into the delay ladder without an attempt, each one broker message: not_due (their wait was not over), saturated (their webhook had its most deliveries in flight)",
             jobs_deferred.clone(),
         );
         registry.register(
@@ -129,6 +168,7 @@ impl Default for Metrics {
             jobs_consumed,
             deliveries,
             jobs_deferred,
+            unreadable,
             dead_letters,
             flow,
         }
@@ -153,8 +193,16 @@ impl Metrics {
         self.deliveries.get_or_create(&JobLabels { outcome }).inc();
     }
 
-    pub fn job_deferred(&self) {
-        self.jobs_deferred.inc();
+    pub fn job_deferred(&self, reason: DeferReason) {
+        self.jobs_deferred
+            .get_or_create(&DeferLabels { reason })
+            .inc();
+    }
+
+    pub fn unreadable(&self, result: UnreadableResult) {
+        self.unreadable
+            .get_or_create(&UnreadableLabels { result })
+            .inc();
     }
 
     pub fn dead_letter(&self, result: DeadResult) {

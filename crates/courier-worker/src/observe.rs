@@ -54,12 +54,20 @@ pub enum DeadReason {
     attempts_exhausted,
     /// A batch the receiver refused for good (3xx, 4xx).
     non_retryable,
+    /// A batch whose webhook's stored record cannot be read: nothing was sent.
+    unreadable_webhook,
     /// A message the worker could not read, parked in `courier.dead`.
     unparseable,
     /// A message RabbitMQ parked after too many redeliveries.
     delivery_limit,
     /// A message RabbitMQ parked for another reason.
     other,
+    /// A batch whose stored record cannot be read (corrupt, or written by a version
+    /// that encodes differently).
+    unreadable,
+    /// A message parked in `courier.dead` because state it needs in Redis cannot be
+    /// read (a key of the wrong type, a record a script fails on).
+    unreadable_state,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,14 +1,17 @@
 //! The worker's cache of tenants' webhooks, kept fresh by the configuration
 //! channel ([`courier_store::cache`]): a change made through the gateway reaches
 //! every worker within milliseconds.
+//!
+//! A webhook whose stored record cannot be read is logged as an ERROR each time the
+//! tenant's webhooks are read from Redis (at most once a minute per worker while
+//! the configuration channel is followed), not for each event it misses.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::ids::TenantId;
-use courier_core::webhook::Webhook;
 use courier_store::cache::ConfigCache;
-use courier_store::{Store, StoreError};
+use courier_store::{Store, StoreError, TenantWebhooks};
 use tokio_util::sync::CancellationToken;
 
 /// Tenants whose webhooks are kept; past it the cache starts over.
@@ -19,7 +22,7 @@ const MAX_AGE: Duration = Duration::from_secs(60);
 
 pub struct WebhookCache {
     store: Store,
-    cache: ConfigCache<TenantId, Arc<Vec<Webhook>>>,
+    cache: ConfigCache<TenantId, Arc<TenantWebhooks>>,
 }
 
 impl WebhookCache {
@@ -36,12 +39,25 @@ impl WebhookCache {
         self.cache.changes()
     }
 
-    /// The tenant's webhooks.
-    pub async fn tenant(&self, tenant: &TenantId) -> Result<Arc<Vec<Webhook>>, StoreError> {
+    /// The tenant's webhooks: an error only when Redis is unavailable.
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<Arc<TenantWebhooks>, StoreError> {
         let read = self
             .cache
             .get(tenant, || async {
                 let webhooks = self.store.tenant_webhooks(tenant).await?;
+                for u in &webhooks.unreadable {
+                    let what = if u.subscription.is_some() {
+                        "the events it wants end failed"
+                    } else {
+                        "not even its subscription reads, so it gets no event (and none is logged)"
+                    };
+                    tracing::error!(
+                        %tenant,
+                        webhook_id = %u.id,
+                        reason = %u.reason,
+                        "a webhook's stored record cannot be read: {what} until an operator repairs it (e.g. restores its key to COURIER_SECRET_KEYS)"
+                    );
+                }
                 Ok(Some((tenant.clone(), Arc::new(webhooks))))
             })
             .await?;

@@ -29,6 +29,7 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::Store(e) => e.into(),
+            QueueError::Busy => ApiError::conflict(e.to_string()),
             other => ApiError::dependency("the broker", &other),
         }
     }
@@ -51,7 +52,8 @@ pub struct ParkedView {
     routing_key: Option<String>,
     /// The queue RabbitMQ parked it from, if it did.
     queue: Option<String>,
-    /// Whether it was handed out before (an earlier listing, say).
+    /// Whether the broker handed it out before without its being settled (an
+    /// operation that stopped half-way); reading the queue never does.
     redelivered: bool,
     /// The body: JSON when it parses, else a string.
     body: Value,
@@ -74,7 +76,8 @@ impl From<ParkedMessage> for ParkedView {
 
 #[derive(Serialize, ToSchema)]
 pub struct ParkedList {
-    /// From the head of the queue; the messages stay in it.
+    /// From the head of the queue; the messages stay in it, in the same order,
+    /// and are not counted as redelivered.
     data: Vec<ParkedView>,
 }
 
@@ -129,7 +132,7 @@ pub struct DiscardedView {
     get, operation_id = "listDeadLetterQueue", path = "/v1/admin/dead-letter-queue", tag = "admin",
     params(QueueQuery),
     security(("admin_token" = [])),
-    responses((status = 200, body = ParkedList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses((status = 200, body = ParkedList), (status = 401, body = ErrorBody), (status = 409, description = "Another operation on the queue is running", body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -139,7 +142,7 @@ async fn list(
     let mut fields = FieldErrors::default();
     let limit = crate::http::deliveries::check_limit(q.limit, &mut fields);
     if !fields.is_empty() {
-        return Err(ApiError::unprocessable("invalid query parameters", &fields));
+        return Err(ApiError::bad_parameters(&fields));
     }
     let messages = dead_queue::list(&state, limit).await?;
     Ok(Json(ParkedList {
@@ -152,7 +155,7 @@ async fn list(
     post, operation_id = "requeueDeadLetterQueue", path = "/v1/admin/dead-letter-queue/requeue", tag = "admin",
     request_body = SelectionBody,
     security(("admin_token" = [])),
-    responses((status = 200, body = RequeuedView), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses((status = 200, body = RequeuedView), (status = 401, body = ErrorBody), (status = 409, description = "Another operation on the queue is running", body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 async fn requeue(
     State(state): State<AppState>,
@@ -171,7 +174,7 @@ async fn requeue(
     post, operation_id = "discardDeadLetterQueue", path = "/v1/admin/dead-letter-queue/discard", tag = "admin",
     request_body = SelectionBody,
     security(("admin_token" = [])),
-    responses((status = 200, body = DiscardedView), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses((status = 200, body = DiscardedView), (status = 401, body = ErrorBody), (status = 409, description = "Another operation on the queue is running", body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 async fn discard(
     State(state): State<AppState>,

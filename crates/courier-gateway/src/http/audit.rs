@@ -59,10 +59,40 @@ pub struct AuditPage {
     next_cursor: Option<String>,
 }
 
-fn is_stream_id(s: &str) -> bool {
-    s.split_once('-').is_some_and(|(a, b)| {
-        !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
-    })
+/// A position in the audit log: the id (`{ms}-{seq}`, two 64-bit numbers) of the
+/// last entry of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    ms: u64,
+    seq: u64,
+}
+
+impl Cursor {
+    fn parse(s: &str) -> Result<Self, &'static str> {
+        const NOT_OURS: &str = "is not a cursor this API returned";
+        let (ms, seq) = s.split_once('-').ok_or(NOT_OURS)?;
+        let number = |n: &str| {
+            if n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(NOT_OURS);
+            }
+            n.parse::<u64>().map_err(|_| NOT_OURS)
+        };
+        Ok(Self {
+            ms: number(ms)?,
+            seq: number(seq)?,
+        })
+    }
+
+    /// Whether no entry can come before it.
+    fn is_first(self) -> bool {
+        self == Self { ms: 0, seq: 0 }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
 }
 
 /// The audit log, newest first: a tenant key (scope `read`) sees its tenant's
@@ -71,7 +101,7 @@ fn is_stream_id(s: &str) -> bool {
     get, operation_id = "listAuditLog", path = "/v1/audit-log", tag = "audit",
     params(AuditQuery),
     security(("api_key" = []), ("admin_token" = [])),
-    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -87,9 +117,14 @@ async fn list(
             0
         }
     };
-    if q.cursor.as_deref().is_some_and(|c| !is_stream_id(c)) {
-        fields.add("cursor", "is not a cursor this API returned");
-    }
+    let cursor = match q.cursor.as_deref().map(Cursor::parse) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            fields.add("cursor", e);
+            None
+        }
+    };
     let tenant = match (&caller, q.tenant_id.as_deref()) {
         (Caller::Tenant(key), None) => {
             if !key.allows(Scope::Read) {
@@ -111,11 +146,19 @@ async fn list(
         },
     };
     if !fields.is_empty() {
-        return Err(ApiError::unprocessable("invalid query parameters", &fields));
+        return Err(ApiError::bad_parameters(&fields));
     }
+    if cursor.is_some_and(Cursor::is_first) {
+        // Nothing comes before the log's first possible entry.
+        return Ok(Json(AuditPage {
+            data: Vec::new(),
+            next_cursor: None,
+        }));
+    }
+    let cursor = cursor.map(|c| c.to_string());
     let records = state
         .store
-        .audit_log(tenant.as_ref(), q.cursor.as_deref(), limit)
+        .audit_log(tenant.as_ref(), cursor.as_deref(), limit)
         .await?;
     let next_cursor = (records.len() == limit)
         .then(|| records.last().map(|r| r.id.clone()))
@@ -137,4 +180,40 @@ async fn list(
             .collect(),
         next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_two_64_bit_numbers() {
+        assert_eq!(
+            Cursor::parse("1714000000000-3"),
+            Ok(Cursor {
+                ms: 1_714_000_000_000,
+                seq: 3
+            })
+        );
+        assert!(Cursor::parse("0-0").is_ok_and(Cursor::is_first));
+        assert!(!Cursor::parse("0-1").is_ok_and(Cursor::is_first));
+        let max = format!("{}-{}", u64::MAX, u64::MAX);
+        assert_eq!(Cursor::parse(&max).map(|c| c.to_string()), Ok(max));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "nope",
+            "+1-0",
+            "1-+0",
+            "1-2-3",
+            "99999999999999999999-0",
+            "0-18446744073709551616",
+            "１-0",
+        ] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The event catalog: the keys events may have, with descriptions and examples.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::Utc;
 use courier_core::catalog::EventKey;
@@ -15,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::{param, ApiPath};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -64,16 +65,19 @@ async fn list(State(state): State<AppState>) -> Json<EventTypeList> {
     params(("key" = String, Path, description = "Event key, e.g. Prospect.EntityCreated")),
     responses(
         (status = 200, description = "A batch envelope", body = Object),
-        (status = 404, body = ErrorBody),
+        (status = 400, description = "Not an event key", body = ErrorBody),
+        (status = 404, description = "Not a key of the catalog", body = ErrorBody),
     )
 )]
 async fn example(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let not_found = || ApiError::not_found(format!("{key} is not an event type of the catalog"));
-    let event_key = EventKey::parse(&key).map_err(|_| not_found())?;
-    let entry = state.catalog.get(&event_key).ok_or_else(not_found)?;
+    let event_key = param("key", &key, EventKey::parse)?;
+    let entry = state
+        .catalog
+        .get(&event_key)
+        .ok_or_else(|| ApiError::not_found(format!("{key} is not an event type of the catalog")))?;
     let data =
         serde_json::to_string(&entry.example).map_err(|e| ApiError::dependency("catalog", &e))?;
     let now = Utc::now();

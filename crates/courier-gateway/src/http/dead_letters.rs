@@ -103,7 +103,7 @@ fn check_webhook(id: Option<&str>, fields: &mut FieldErrors) -> Option<WebhookId
     get, operation_id = "listDeadLetters", path = "/v1/dead-letters", tag = "dead-letters",
     params(DeadLetterQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = DeadLetterPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses((status = 200, body = DeadLetterPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -116,7 +116,7 @@ async fn list(
     let cursor = check_cursor(q.cursor.as_deref(), &mut fields);
     let webhook = check_webhook(q.webhook_id.as_deref(), &mut fields);
     if !fields.is_empty() {
-        return Err(ApiError::unprocessable("invalid query parameters", &fields));
+        return Err(ApiError::bad_parameters(&fields));
     }
     let page = state
         .store

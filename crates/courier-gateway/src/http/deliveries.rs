@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiQuery, TenantKey};
+use crate::extract::{param, ApiPath, ApiQuery, TenantKey};
 use crate::replay;
 use crate::state::AppState;
 
@@ -242,14 +242,26 @@ pub(crate) fn check_span(
     span
 }
 
-/// The tenant's webhook `id`, or 404.
-async fn own_webhook(state: &AppState, tenant: &TenantId, id: &str) -> Result<WebhookId, ApiError> {
-    let not_found = || ApiError::not_found(format!("webhook {id} not found"));
-    let id = WebhookId::parse(id).map_err(|_| not_found())?;
-    match state.store.webhook(&id).await? {
-        Some(w) if &w.tenant_id == tenant => Ok(id),
-        _ => Err(not_found()),
+/// The tenant's webhook `id`, given as the parameter `name`: 400 when it cannot be
+/// a webhook id, 404 when it is not one of the tenant's.
+async fn own_webhook(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &str,
+    id: &str,
+) -> Result<WebhookId, ApiError> {
+    let webhook = param(name, id, WebhookId::parse)?;
+    match state.store.webhook(&webhook).await? {
+        Some(w) if &w.tenant_id == tenant => Ok(webhook),
+        _ => Err(ApiError::not_found(format!("webhook {id} not found"))),
     }
+}
+
+/// The batch id of a path.
+fn batch_id(batch: &str) -> Result<BatchId, ApiError> {
+    param("batchId", batch, |b| {
+        BatchId::parse(b).ok_or("a batch id is a UUID, as in the webhook-id header")
+    })
 }
 
 /// A webhook's batches, newest first.
@@ -259,13 +271,13 @@ async fn own_webhook(state: &AppState, tenant: &TenantId, id: &str) -> Result<We
     security(("api_key" = [])),
     responses(
         (status = 200, body = DeliveryPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 404, body = ErrorBody),
     )
 )]
 async fn list(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
     let key = key.require(Scope::Read)?;
@@ -283,9 +295,9 @@ async fn list(
         parsed
     });
     if !fields.is_empty() {
-        return Err(ApiError::unprocessable("invalid query parameters", &fields));
+        return Err(ApiError::bad_parameters(&fields));
     }
-    let webhook = own_webhook(&state, &key.tenant_id, &id).await?;
+    let webhook = own_webhook(&state, &key.tenant_id, "id", &id).await?;
     let page = state
         .store
         .deliveries_page(&webhook, status, cursor.as_ref(), limit)
@@ -306,14 +318,13 @@ async fn list(
 async fn read(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(batch): Path<String>,
+    ApiPath(batch): ApiPath<String>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let key = key.require(Scope::Read)?;
-    let not_found = || ApiError::not_found(format!("delivery {batch} not found"));
-    let id = BatchId::parse(&batch).ok_or_else(not_found)?;
+    let id = batch_id(&batch)?;
     let r = match state.store.delivery(&id).await? {
         Some(r) if r.tenant_id == key.tenant_id => r,
-        _ => return Err(not_found()),
+        _ => return Err(ApiError::not_found(format!("delivery {batch} not found"))),
     };
     Ok(Json(DeliveryDetail {
         batch_id: r.batch_id.to_string(),
@@ -346,11 +357,10 @@ async fn read(
 async fn replay_one(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(batch): Path<String>,
+    ApiPath(batch): ApiPath<String>,
 ) -> Result<(StatusCode, Json<ReplayAccepted>), ApiError> {
     let key = key.require(Scope::Manage)?;
-    let id = BatchId::parse(&batch)
-        .ok_or_else(|| ApiError::not_found(format!("delivery {batch} not found")))?;
+    let id = batch_id(&batch)?;
     let job = replay::replay_batch(&state, &key.tenant_id, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -369,7 +379,7 @@ async fn replay_one(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "One row per attempt: batchId, webhookId, series, attempt, startedAt, statusCode, error, latencyMs, outcome, status", content_type = "text/csv", body = String),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     )
 )]
 async fn export(
@@ -381,16 +391,16 @@ async fn export(
     let mut fields = FieldErrors::default();
     let span = check_span(q.since.as_deref(), q.until.as_deref(), &mut fields);
     if !fields.is_empty() {
-        return Err(ApiError::unprocessable("invalid query parameters", &fields));
+        return Err(ApiError::bad_parameters(&fields));
     }
     let webhooks: VecDeque<WebhookId> = match q.webhook_id.as_deref() {
-        Some(id) => VecDeque::from([own_webhook(&state, &key.tenant_id, id).await?]),
+        Some(id) => VecDeque::from([own_webhook(&state, &key.tenant_id, "webhookId", id).await?]),
         None => state
             .store
             .tenant_webhooks(&key.tenant_id)
             .await?
-            .into_iter()
-            .map(|w| w.id)
+            .ids()
+            .cloned()
             .collect(),
     };
     let export = Export {

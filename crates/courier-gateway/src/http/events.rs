@@ -8,6 +8,7 @@ use axum::Json;
 use chrono::Utc;
 use courier_core::errors::FieldErrors;
 use courier_core::event::{json_depth, Event, IngestEvent, MAX_DATA_DEPTH, MAX_EVENTS_PER_REQUEST};
+use courier_core::ids::EventId;
 use courier_core::tenant::Scope;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{json_error, LimitedBody, TenantKey};
-use crate::ingest::publish_events;
+use crate::ingest::{publish_events, Publication};
 use crate::limits::take_ingest_tokens;
 use crate::metrics::RejectReason;
 use crate::state::AppState;
@@ -184,9 +185,16 @@ fn validate(
 
 /// Ingest one event or up to 1000. Every event is checked against the catalog; the
 /// answer is 202 only once the broker has confirmed every event. A tenant over its
-/// ingest rate gets 429 with `Retry-After`, and nothing is accepted. A 503 lists in
-/// `details.acceptedEventIds` the events that were accepted; retrying the same
-/// request with the same ids is safe.
+/// ingest rate gets 429 with `Retry-After`, and nothing is accepted.
+///
+/// A 503 lists every event of the request in `details.events`, in request order,
+/// as `{"id", "status"}`: `accepted` (confirmed: it will be delivered),
+/// `notAccepted` (certainly not taken: not sent, or refused by the broker) or
+/// `unknown` (sent, but the confirm timed out or the connection was lost: the
+/// broker may have it). `details.acceptedEventIds` repeats the accepted ones.
+/// Retry the events that are not accepted, with the same ids (the ids the
+/// gateway generated included): an event the broker had after all is then a
+/// duplicate, which is delivered at most once per webhook.
 #[utoipa::path(
     post, operation_id = "ingestEvents", path = "/v1/events", tag = "events",
     request_body = IngestRequestDoc,
@@ -199,7 +207,7 @@ fn validate(
         (status = 422, description = "Invalid events, named in details", body = ErrorBody),
         (status = 429, description = "Over the tenant's ingest rate; nothing was accepted", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the request would fit the rate"))),
-        (status = 503, description = "Not every event was accepted", body = ErrorBody),
+        (status = 503, description = "Not every event was accepted: details.events lists each event with its status (accepted, notAccepted, unknown), details.acceptedEventIds the accepted ones; retry the others with the same ids", body = ErrorBody),
     )
 )]
 async fn ingest(
@@ -239,26 +247,29 @@ async fn ingest(
         &state.metrics,
     )
     .await;
-    state.metrics.events_accepted(report.accepted.len());
-    if report.failure.is_some() {
-        let refused = count.saturating_sub(report.accepted.len());
-        state
-            .metrics
-            .events_rejected(RejectReason::unavailable, refused);
-    }
-    match report.failure {
-        None => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "eventIds": report.accepted })),
-        )),
-        Some(e) => {
-            let message = if e.refused() {
-                "the broker refused some events; the ones not in acceptedEventIds were not accepted, retry them with the same ids"
-            } else {
-                "the broker is unavailable; the events not in acceptedEventIds were not accepted, retry them with the same ids"
-            };
-            Err(ApiError::unavailable(message)
-                .with_details(json!({ "acceptedEventIds": report.accepted })))
-        }
-    }
+    let accepted: Vec<&EventId> = report.ids(Publication::Accepted).collect();
+    state.metrics.events_accepted(accepted.len());
+    let Some(failure) = &report.failure else {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "eventIds": accepted }))));
+    };
+    state
+        .metrics
+        .events_rejected(RejectReason::unavailable, count - accepted.len());
+    let not_accepted = report.ids(Publication::NotAccepted).count();
+    let unknown = report.ids(Publication::Unknown).count();
+    let cause = if failure.refused() {
+        "the broker refused some events"
+    } else {
+        "the broker is unavailable"
+    };
+    let events: Vec<Value> = report
+        .events
+        .iter()
+        .map(|(id, status)| json!({ "id": id, "status": status }))
+        .collect();
+    Err(ApiError::unavailable(format!(
+        "{cause}: of {count} event(s), {} accepted, {not_accepted} not accepted, {unknown} unknown (sent, not confirmed); retry those not accepted and unknown with the same ids, duplicates are delivered at most once per webhook",
+        accepted.len()
+    ))
+    .with_details(json!({ "acceptedEventIds": accepted, "events": events })))
 }

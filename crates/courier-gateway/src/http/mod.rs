@@ -89,7 +89,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Answers every route may give whatever it does: 400 for a malformed body, query
-/// or path, and 431 for request headers over the limits ([`crate::limits`]).
+/// or path, 431 for request headers over the limits ([`crate::limits`]), and, for
+/// routes that take a body, 408 for one that does not arrive in time.
 fn common_responses(api: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let error = |description: &str| {
@@ -119,10 +120,17 @@ fn common_responses(api: &mut utoipa::openapi::OpenApi) {
             let responses = &mut op.responses.responses;
             responses
                 .entry("400".into())
-                .or_insert_with(|| error("Malformed request: body, query or path"));
+                .or_insert_with(|| {
+                    error("Malformed request: a body that is not JSON, or a path or query parameter that cannot be used (named in details)")
+                });
             responses
                 .entry("431".into())
                 .or_insert_with(|| error("Too many request headers, or too large"));
+            if op.request_body.is_some() {
+                responses.entry("408".into()).or_insert_with(|| {
+                    error("The body did not arrive within COURIER_HTTP_BODY_TIMEOUT")
+                });
+            }
         }
     }
 }

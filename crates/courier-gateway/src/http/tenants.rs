@@ -1,6 +1,6 @@
 //! Operator routes: tenants and their API keys.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -8,6 +8,7 @@ use courier_core::audit::Actor;
 use courier_core::errors::FieldErrors;
 use courier_core::ids::TenantId;
 use courier_core::tenant::{hash_api_key, issue_api_key, ApiKeyRecord, Scope, Tenant};
+use courier_store::{CreateTenant as Creation, DeleteTenant as Deletion};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -15,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Admin, ApiJson, ApiQuery, PageQuery};
+use crate::extract::{param, Admin, ApiJson, ApiPath, ApiQuery, PageQuery};
 use crate::manage::entry;
 use crate::state::AppState;
 
@@ -95,6 +96,16 @@ pub struct CreatedTenant {
     api_key: IssuedKey,
 }
 
+/// A deleted tenant.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletedTenant {
+    id: String,
+    /// `purging`: its data is being removed; its id can be used again afterwards.
+    #[schema(example = "purging")]
+    status: &'static str,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct TenantList {
     data: Vec<TenantView>,
@@ -129,8 +140,22 @@ fn checked_scopes(scopes: Option<Vec<Scope>>, fields: &mut FieldErrors) -> Vec<S
     }
 }
 
+/// The tenant id of a path; 400 when it cannot be one.
 fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(id).map_err(|_| ApiError::not_found(format!("tenant {id} not found")))
+    param("id", id, TenantId::parse)
+}
+
+/// Whether `id` has the form of an API key's id (`key_` and 1 to 64 letters or
+/// digits); no other can exist.
+fn check_key_id(id: &str) -> Result<(), ApiError> {
+    param("key_id", id, |id| {
+        id.strip_prefix("key_")
+            .filter(|rest| {
+                (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .map(|_| ())
+            .ok_or("an API key id is 'key_' followed by 1 to 64 letters or digits")
+    })
 }
 
 /// Issues a key for `tenant` and stores its hash; the plaintext only goes back.
@@ -170,7 +195,9 @@ async fn issue(
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created; the key is shown only here", body = CreatedTenant),
-        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "The id is taken, or an earlier tenant with it is still being purged", body = ErrorBody),
+        (status = 422, body = ErrorBody),
     )
 )]
 async fn create(
@@ -214,11 +241,22 @@ async fn create(
         None,
         serde_json::to_value(&view).ok(),
     );
-    if !state.store.create_tenant(&tenant, &audit).await? {
-        return Err(ApiError::conflict(format!(
-            "tenant {} already exists",
-            tenant.id
-        )));
+    match state.store.create_tenant(&tenant, &audit).await? {
+        Creation::Created => {}
+        Creation::Exists => {
+            return Err(ApiError::conflict(format!(
+                "tenant {} already exists",
+                tenant.id
+            )))
+        }
+        Creation::Purging => {
+            return Err(ApiError::conflict(format!(
+                "tenant {} was deleted and its data is still being purged; \
+                 the id can be used again once that is done",
+                tenant.id
+            ))
+            .with_details(json!({ "purging": true })))
+        }
     }
     let api_key = issue(&state, &tenant.id, scopes).await?;
     Ok((
@@ -235,7 +273,7 @@ async fn create(
     get, operation_id = "listTenants", path = "/v1/tenants", tag = "tenants",
     params(PageQuery),
     security(("admin_token" = [])),
-    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -262,7 +300,7 @@ async fn list(
 async fn read(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tid = tenant_id(&id)?;
     let tenant = state
@@ -273,19 +311,26 @@ async fn read(
     Ok(Json(TenantView::from(&tenant)))
 }
 
-/// Delete a tenant with its API keys and webhooks; their waiting work ends cancelled.
-/// The audit log is kept.
+/// Delete a tenant. Its API keys stop working and its webhooks stop receiving at
+/// once; everything else it had (keys, webhooks, waiting batches, delivery log,
+/// dead letters, audit log, rate limit state) is purged in the background. Until
+/// that is done, creating a tenant with the same id answers 409; afterwards a new
+/// tenant with that id sees none of the old data. The operators' audit log keeps
+/// the deletion's entry. Deleting a tenant whose purge is running answers 202 again.
 #[utoipa::path(
     delete, operation_id = "deleteTenant", path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")),
     security(("admin_token" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 202, description = "Deleted; its data is being purged", body = DeletedTenant),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
 )]
 async fn delete(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<DeletedTenant>), ApiError> {
     let tid = tenant_id(&id)?;
     let before = state
         .store
@@ -301,12 +346,19 @@ async fn delete(
         before,
         None,
     );
-    if state.store.delete_tenant(&tid, &audit).await? {
-        // Other replicas drop the tenant's keys on the announcement; this one now.
-        state.api_keys.forget_tenant(&tid);
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("tenant {id} not found")))
+    match state.store.delete_tenant(&tid, &audit).await? {
+        Deletion::Deleted | Deletion::Purging => {
+            // Other replicas drop the tenant's keys on the announcement; this one now.
+            state.api_keys.forget_tenant(&tid);
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(DeletedTenant {
+                    id: tid.to_string(),
+                    status: "purging",
+                }),
+            ))
+        }
+        Deletion::Missing => Err(ApiError::not_found(format!("tenant {id} not found"))),
     }
 }
 
@@ -324,7 +376,7 @@ async fn delete(
 async fn issue_key(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Option<ApiJson<IssueKey>>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     let tid = tenant_id(&id)?;
@@ -349,7 +401,7 @@ async fn issue_key(
 async fn list_keys(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ApiKeyList>, ApiError> {
     let tid = tenant_id(&id)?;
     if state.store.tenant(&tid).await?.is_none() {
@@ -371,9 +423,10 @@ async fn list_keys(
 async fn revoke_key(
     State(state): State<AppState>,
     _admin: Admin,
-    Path((id, key_id)): Path<(String, String)>,
+    ApiPath((id, key_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tid = tenant_id(&id)?;
+    check_key_id(&key_id)?;
     let audit = entry(
         &Actor::Operator,
         "apiKey.revoked",

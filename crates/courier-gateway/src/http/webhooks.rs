@@ -1,15 +1,16 @@
 //! Tenant routes: webhooks (create, list, read, update, delete, rotate the secret,
-//! send a test event).
+//! send a test delivery).
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use courier_core::audit::Actor;
 use courier_core::catalog::EventKey;
-use courier_core::event::Event;
+use courier_core::envelope::DeliveryJob;
+use courier_core::event::EnvelopeEvent;
 use courier_core::ids::EventId;
 use courier_core::signing::{Secret, SignatureScheme};
 use courier_core::tenant::Scope;
@@ -22,9 +23,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, PageQuery, TenantKey};
-use crate::ingest::publish_events;
+use crate::extract::{ApiJson, ApiPath, ApiQuery, PageQuery, TenantKey};
+use crate::limits::take_ingest_tokens;
 use crate::manage::{self, audit_view, change_webhook, entry, find_webhook};
+use crate::replay::publish_jobs;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -75,10 +77,15 @@ impl From<&Webhook> for WebhookView {
         Self {
             id: w.id.to_string(),
             name: w.name.clone(),
-            url: w.url.as_str().to_owned(),
+            // A password in a URL stored before such URLs were refused stays hidden.
+            url: w.url.shown().into_owned(),
             events: w.events.iter().map(|p| p.as_str().to_owned()).collect(),
             throttling: w.throttling.get(),
-            property_filters: w.property_filters.clone(),
+            property_filters: w
+                .property_filters
+                .iter()
+                .map(|(key, names)| (key.clone(), names.as_slice().to_vec()))
+                .collect(),
             retry_policy: RetryPolicyView {
                 max_attempts: retry.max_attempts,
                 schedule: retry.schedule.as_ref().and_then(|s| {
@@ -115,6 +122,13 @@ pub struct WebhookList {
     total: usize,
     limit: usize,
     offset: usize,
+    /// Ids of webhooks whose stored configuration this deployment cannot read (for
+    /// example, it was encrypted under a key the operator has since removed). They
+    /// are left out of `data` and `total`, receive nothing, and their deliveries end
+    /// `failed` until an operator repairs them. Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!([]))]
+    unreadable: Vec<String>,
 }
 
 fn actor(key: &courier_core::tenant::ApiKeyRecord) -> Actor {
@@ -157,6 +171,8 @@ async fn create(
         .await?
     {
         CreateWebhook::Created => {}
+        // The tenant was deleted while the request ran: its key is no longer valid.
+        CreateWebhook::TenantGone => return Err(ApiError::unauthorized()),
         CreateWebhook::LimitReached(limit) => {
             return Err(ApiError::conflict(format!(
                 "this tenant already has {limit} webhooks, the most allowed; delete one first"
@@ -178,7 +194,7 @@ async fn create(
     get, operation_id = "listWebhooks", path = "/v1/webhooks", tag = "webhooks",
     params(PageQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody))
 )]
 async fn list(
     State(state): State<AppState>,
@@ -189,8 +205,9 @@ async fn list(
     let (offset, limit) = page.checked()?;
     let all = state.store.tenant_webhooks(&key.tenant_id).await?;
     Ok(Json(WebhookList {
-        total: all.len(),
+        total: all.readable.len(),
         data: all
+            .readable
             .iter()
             .skip(offset)
             .take(limit)
@@ -198,6 +215,7 @@ async fn list(
             .collect(),
         limit,
         offset,
+        unreadable: all.unreadable.iter().map(|u| u.id.to_string()).collect(),
     }))
 }
 
@@ -211,7 +229,7 @@ async fn list(
 async fn read(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let key = key.require(Scope::Read)?;
     let found = find_webhook(&state, &key.tenant_id, &id).await?;
@@ -233,7 +251,7 @@ async fn read(
 async fn update(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<WebhookPatch>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let key = key.require(Scope::Manage)?;
@@ -251,7 +269,7 @@ async fn update(
 async fn delete(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let key = key.require(Scope::Manage)?;
     change_webhook(&state, &actor(key), &key.tenant_id, &id, |_| {
@@ -304,7 +322,7 @@ pub struct RotatedSecret {
 async fn rotate_secret(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Option<ApiJson<RotateSecret>>,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     let key = key.require(Scope::Manage)?;
@@ -360,16 +378,22 @@ pub struct TestDelivery {
     event_type: Option<String>,
 }
 
-/// A test event on its way.
+/// A test delivery on its way.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestSent {
     event_id: String,
     event_type: String,
+    /// The delivery's batch id: its `webhook-id` header, and its id in the
+    /// delivery log (`GET /v1/deliveries/{batchId}`).
+    #[schema(example = "35dfc8b5-bf2e-41df-8706-758aaa42a8b1")]
+    batch_id: String,
 }
 
-/// Send the catalog's example event of one of the webhook's keys through the real
-/// pipeline (fan-out, signing, delivery, log); answers its event id.
+/// Deliver the catalog's example event of one of the webhook's keys to this webhook
+/// only (never to the tenant's other webhooks): signed, logged and retried like
+/// any delivery. It takes one event of the tenant's ingest rate; over it the answer
+/// is 429 with `Retry-After` and nothing is sent.
 #[utoipa::path(
     post, operation_id = "sendTestEvent", path = "/v1/webhooks/{id}/test", tag = "webhooks",
     params(("id" = String, Path, description = "Webhook id")),
@@ -378,13 +402,16 @@ pub struct TestSent {
     responses(
         (status = 202, body = TestSent), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The webhook is disabled", body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "Over the tenant's ingest rate; nothing was sent", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the rate allows it"))),
+        (status = 503, body = ErrorBody),
     )
 )]
 async fn send_test(
     State(state): State<AppState>,
     key: TenantKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Option<ApiJson<TestDelivery>>,
 ) -> Result<(StatusCode, Json<TestSent>), ApiError> {
     let key = key.require(Scope::Manage)?;
@@ -412,29 +439,39 @@ async fn send_test(
         .get(&event_key)
         .map(|e| serde_json::to_string(&e.example).unwrap_or_else(|_| "{}".into()))
         .unwrap_or_else(|| "{}".into());
-    let event = Event {
-        id: EventId::generate(),
-        tenant: key.tenant_id.clone(),
-        key: event_key,
+    let now = Utc::now();
+    let event_id = EventId::generate();
+    let event = EnvelopeEvent {
+        event_id: event_id.clone(),
+        event_type: event_key.event_type().to_owned(),
+        object_type: event_key.object_type().to_owned(),
         data: RawValue::from_string(example).map_err(|e| ApiError::dependency("catalog", &e))?,
-        // null: a property filter never holds a test event back.
         properties_updated: None,
-        occurred_at: Utc::now(),
+        occurred_at: now,
     };
-    let sent = TestSent {
-        event_id: event.id.to_string(),
-        event_type: event.key.to_string(),
-    };
-    let report = publish_events(
+    // A delivery job for this webhook alone, straight to `courier.deliveries`: no
+    // other webhook of the tenant sees it.
+    let job = DeliveryJob::single(
+        key.tenant_id.clone(),
+        webhook.id.clone(),
+        webhook.generation,
+        event,
+        now,
+    );
+    take_ingest_tokens(&state, &key.tenant_id, 1).await?;
+    publish_jobs(
         &state.publisher,
         &state.topology,
-        vec![event],
-        &state.traces,
-        &state.metrics,
+        std::slice::from_ref(&job),
     )
-    .await;
-    if let Some(e) = report.failure {
-        return Err(ApiError::dependency("the broker", &e));
-    }
-    Ok((StatusCode::ACCEPTED, Json(sent)))
+    .await
+    .map_err(|e| ApiError::dependency("the broker", &e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TestSent {
+            event_id: event_id.to_string(),
+            event_type: event_key.to_string(),
+            batch_id: job.batch_id.to_string(),
+        }),
+    ))
 }
