@@ -275,6 +275,32 @@ async fn unreadable_record_fails_its_own_work_only(how: Breakage, broken_extra: 
     let (status, listed) = s.api.get("/v1/webhooks", &s.globex.key).await;
     assert_eq!(status, 200);
     assert!(listed.get("unreadable").is_none(), "{listed}");
+
+    // The broken webhook reads as a conflict that says what to do (not an outage),
+    // is another tenant's 404, and can be deleted, audited.
+    let path = format!("/v1/webhooks/{broken}");
+    let (status, body) = s.api.get(&path, &s.acme.key).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["details"]["unreadable"], true, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("can only be deleted"),
+        "{body}"
+    );
+    let (status, body) = s.api.delete(&path, &s.globex.key).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = s.api.delete(&path, &s.acme.key).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = s.api.get(&path, &s.acme.key).await;
+    assert_eq!(status, 404);
+    let (_, listed) = s.api.get("/v1/webhooks", &s.acme.key).await;
+    assert!(listed.get("unreadable").is_none(), "{listed}");
+    let (_, audit) = s.api.get("/v1/audit-log", &s.acme.key).await;
+    let deleted = &audit["data"][0];
+    assert_eq!(deleted["action"], "webhook.deleted", "{audit}");
+    assert_eq!(deleted["resourceId"], broken.to_string());
     s.stop().await;
 }
 

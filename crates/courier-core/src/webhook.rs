@@ -135,14 +135,19 @@ impl WebhookUrl {
         &self.0
     }
 
-    /// The URL as the API shows it: a password that a record stored before URLs
-    /// with credentials were refused may still carry is masked.
+    /// The URL as the API shows it: credentials that a record stored before URLs
+    /// with credentials were refused may still carry are masked: the password, or
+    /// a user name that comes alone (a token, as in `https://<token>@host/`).
     pub fn shown(&self) -> std::borrow::Cow<'_, str> {
         match url::Url::parse(&self.0) {
+            // Setting either fails only for URLs that cannot carry credentials,
+            // and this one does.
             Ok(mut url) if url.password().is_some() => {
-                // Setting a password fails only for URLs that cannot have one,
-                // and this one has one.
                 let _ = url.set_password(Some("***"));
+                url.to_string().into()
+            }
+            Ok(mut url) if !url.username().is_empty() => {
+                let _ = url.set_username("***");
                 url.to_string().into()
             }
             _ => self.0.as_str().into(),
@@ -1019,6 +1024,11 @@ mod tests {
         wh = serde_json::from_str(&json).unwrap();
         assert_eq!(wh.url.as_str(), "https://crm:s3cret@example.com/hook");
         assert_eq!(wh.url.shown(), "https://crm:***@example.com/hook");
+        let token = serde_json::to_string(&wh)
+            .unwrap()
+            .replace("crm:s3cret@", "ghp_t0ken@");
+        let token: Webhook = serde_json::from_str(&token).unwrap();
+        assert_eq!(token.url.shown(), "https://***@example.com/hook");
         let errs = rules_apply(serde_json::json!({"name": "renamed"}), &wh).unwrap_err();
         assert_eq!(errs.get("url"), Some(CREDENTIALS_IN_URL));
         let fixed = rules_apply(

@@ -36,6 +36,11 @@ impl ApiError {
         self
     }
 
+    /// The error's `details`, as the body shows them.
+    pub fn details(&self) -> &Value {
+        &self.details
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }

@@ -69,9 +69,64 @@ pub async fn find_webhook(
     id: &str,
 ) -> Result<Versioned, ApiError> {
     let webhook = param("id", id, WebhookId::parse)?;
-    match state.store.webhook_versioned(&webhook).await? {
-        Some(v) if &v.webhook.tenant_id == tenant => Ok(v),
-        _ => Err(ApiError::not_found(format!("webhook {id} not found"))),
+    match state.store.webhook_versioned(&webhook).await {
+        Ok(Some(v)) if &v.webhook.tenant_id == tenant => Ok(v),
+        Ok(_) => Err(not_found(id)),
+        // A record that can never be read is no outage: it stays so until the
+        // webhook is deleted (which works) or an operator restores the key.
+        Err(e) if e.is_permanent() => {
+            if !state.store.is_tenant_webhook(tenant, &webhook).await? {
+                return Err(not_found(id));
+            }
+            tracing::error!(error = %e, webhook_id = %webhook, "a webhook's stored record cannot be read");
+            Err(ApiError::conflict(format!(
+                "webhook {id}'s stored record cannot be read ({e}); it can only be deleted"
+            ))
+            .with_details(serde_json::json!({"unreadable": true})))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("webhook {id} not found"))
+}
+
+/// DELETE: removes the tenant's webhook `id`, and one whose stored record cannot
+/// be read too (as it is stored, audited with what is known of it).
+pub async fn delete_webhook(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<(), ApiError> {
+    match change_webhook(state, actor, tenant, id, |_| Ok((None, "webhook.deleted"))).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.details().get("unreadable").is_some() => {
+            let webhook = param("id", id, WebhookId::parse)?;
+            let before = serde_json::json!({"id": id, "unreadable": true});
+            let audit = entry(
+                actor,
+                "webhook.deleted",
+                "webhook",
+                id,
+                tenant,
+                Some(before),
+                None,
+            );
+            if state
+                .store
+                .delete_stored_webhook(tenant, &webhook, &audit)
+                .await?
+            {
+                Ok(())
+            } else {
+                Err(ApiError::conflict(format!(
+                    "webhook {id} is being changed by another request; retry"
+                )))
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -506,6 +506,54 @@ impl Store {
         Ok(applied == 1)
     }
 
+    /// Whether `id` is one of `tenant`'s webhooks, readable or not.
+    pub async fn is_tenant_webhook(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(conn
+            .sismember(self.keys.tenant_webhooks(tenant), id.as_str())
+            .await?)
+    }
+
+    /// Deletes `tenant`'s webhook `id` as it is stored, whether or not its record
+    /// reads (one that cannot be read can still be removed), with `audit`; false
+    /// when it is not the tenant's or changed meanwhile.
+    pub async fn delete_stored_webhook(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let (raw, member): (Option<String>, bool) = redis::pipe()
+            .get(self.keys.webhook(id))
+            .sismember(self.keys.tenant_webhooks(tenant), id.as_str())
+            .query_async(&mut *conn)
+            .await?;
+        let (Some(raw), true) = (raw, member) else {
+            return Ok(false);
+        };
+        let applied: i64 = SWAP_WEBHOOK
+            .key(self.keys.webhook(id))
+            .key(self.keys.tenant_webhooks(tenant))
+            .key(self.keys.audit(tenant))
+            .key(self.keys.audit_all())
+            .key(self.keys.deleted_webhooks(tenant))
+            .arg(&raw)
+            .arg("")
+            .arg(id.as_str())
+            .arg(self.keys.config_channel())
+            .arg(tenant.as_str())
+            .arg(encode(audit))
+            .arg(DELETED_REMEMBERED)
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(applied == 1)
+    }
+
     /// Every webhook of a tenant, in one round trip, oldest first. A record that
     /// cannot be read does not fail the others: it comes back among the unreadable,
     /// and only an unavailable Redis is an error.

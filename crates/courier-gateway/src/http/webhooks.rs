@@ -224,7 +224,10 @@ async fn list(
     get, operation_id = "getWebhook", path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "Webhook id")),
     security(("api_key" = [])),
-    responses((status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The stored record cannot be read (`details.unreadable`): it can only be deleted", body = ErrorBody),
+    )
 )]
 async fn read(
     State(state): State<AppState>,
@@ -245,7 +248,7 @@ async fn read(
     security(("api_key" = [])),
     responses(
         (status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
     )
 )]
 async fn update(
@@ -264,7 +267,10 @@ async fn update(
     delete, operation_id = "deleteWebhook", path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "Webhook id")),
     security(("api_key" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 204, description = "Deleted, also when its stored record cannot be read"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    )
 )]
 async fn delete(
     State(state): State<AppState>,
@@ -272,10 +278,7 @@ async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let key = key.require(Scope::Manage)?;
-    change_webhook(&state, &actor(key), &key.tenant_id, &id, |_| {
-        Ok((None, "webhook.deleted"))
-    })
-    .await?;
+    manage::delete_webhook(&state, &actor(key), &key.tenant_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
