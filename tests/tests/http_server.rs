@@ -229,6 +229,71 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_its_responses_is_disconnected() {
+    let env = TestEnv::new("http-write-stall").await;
+    let gw = gateway(
+        &env,
+        &[
+            ("COURIER_HTTP_WRITE_TIMEOUT", "1s"),
+            ("COURIER_HTTP_IDLE_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    let document = request("GET", "/openapi.json", None, None, true);
+    let mut one = sent(gw.addr, &document).await;
+    let whole = tokio::time::timeout(Duration::from_secs(5), read_response(&mut one))
+        .await
+        .unwrap()
+        .expect("a client that reads gets the document");
+    assert_eq!(whole.status, 200);
+    let size = whole.body.len();
+    assert!(size > 50_000, "{size}");
+
+    // Far more than the socket buffers hold, asked for at once and never read.
+    let pipelined = 200;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(&document.repeat(pipelined))
+        .await
+        .unwrap();
+    let stalled_since = Instant::now();
+    // The client reads nothing for longer than the write deadline...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ...then finds the connection closed after what the buffers held, not every
+    // response it asked for.
+    let mut taken = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => taken += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "still open {:?} after the client stopped reading ({taken} bytes taken)",
+        stalled_since.elapsed()
+    );
+    assert!(
+        taken < pipelined * size / 2,
+        "{taken} bytes of {} arrived: the server waited for the reader",
+        pipelined * size
+    );
+
+    // The server goes on serving others.
+    let mut other = sent(gw.addr, &request("GET", "/healthz", None, None, true)).await;
+    assert_eq!(read_response(&mut other).await.map(|r| r.status), Some(200));
+
+    gw.kill().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_are_served_once_others_close() {
     let env = TestEnv::new("http-cap").await;
     let gw = gateway(

@@ -8,6 +8,9 @@
 //!   reading it fails with [`BodyTimeout`] after that (the gateway answers 408);
 //! - **idle**: a kept-alive connection waits at most `idle_timeout` for its next
 //!   request;
+//! - **writes**: a response waits at most `write_timeout` for the client to take
+//!   more of its bytes; a client that stops reading (a half-open connection, a
+//!   stalled download) is disconnected rather than holding its request forever;
 //! - **connections**: at most `max_connections` are open at once; further ones are
 //!   not accepted (they wait in the listen backlog) until others close;
 //! - **shutdown**: connections that are idle or still sending headers are closed at
@@ -61,6 +64,13 @@ pub struct HttpSettings {
     #[arg(long = "http-idle-timeout", env = "COURIER_HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Longest a response may wait for the client to take any more of its bytes
+    /// (the socket's send buffer stays full); then the connection is closed. A
+    /// client that stops reading, or vanished without closing, would otherwise
+    /// hold its request, and what serves it, until shutdown.
+    #[arg(long = "http-write-timeout", env = "COURIER_HTTP_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Most connections open at once. Further ones are not accepted until others
     /// close: they wait in the listen backlog (and are refused by the kernel once
     /// it is full).
@@ -79,6 +89,7 @@ impl Default for HttpSettings {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(20),
         }
@@ -192,18 +203,49 @@ enum Phase {
     Idle { since: Instant },
 }
 
-/// A connection's phase, shared by its socket, its service and its driver.
+/// A connection's phase, and since when its writes have been blocked (the
+/// client takes none of the bytes sent), shared by its socket, its service and
+/// its driver.
 #[derive(Debug)]
-struct Activity(Mutex<Phase>);
+struct Activity {
+    phase: Mutex<Phase>,
+    write_blocked: Mutex<Option<Instant>>,
+}
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            phase: Mutex::new(Phase::Head {
+                since: Instant::now(),
+            }),
+            write_blocked: Mutex::new(None),
+        }
+    }
+
     fn phase(&self) -> Phase {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn update(&self, change: impl FnOnce(Phase) -> Phase) {
-        let mut phase = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         *phase = change(*phase);
+    }
+
+    /// How a write went: blocked (pending) starts the write deadline, unless
+    /// already started; any progress ends it.
+    fn wrote<T>(&self, polled: Poll<T>) -> Poll<T> {
+        let mut blocked = self.write_blocked.lock().unwrap_or_else(|e| e.into_inner());
+        match polled {
+            Poll::Pending => {
+                blocked.get_or_insert_with(Instant::now);
+            }
+            Poll::Ready(_) => *blocked = None,
+        }
+        polled
+    }
+
+    fn write_blocked_since(&self) -> Option<Instant> {
+        *self.write_blocked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes arrived: an idle connection starts a request.
@@ -229,10 +271,17 @@ impl Activity {
 
     /// When the connection is to be closed unless something happens first.
     fn deadline(&self, settings: &HttpSettings) -> Option<Instant> {
-        match self.phase() {
+        let phase = match self.phase() {
             Phase::Head { since } => Some(since + settings.header_timeout),
             Phase::Idle { since } => Some(since + settings.idle_timeout),
             Phase::Busy { .. } => None,
+        };
+        let write = self
+            .write_blocked_since()
+            .map(|since| since + settings.write_timeout);
+        match (phase, write) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -282,7 +331,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.activity
+            .wrote(Pin::new(&mut this.stream).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -290,7 +341,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.activity
+            .wrote(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -298,7 +351,9 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        this.activity
+            .wrote(Pin::new(&mut this.stream).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -310,7 +365,7 @@ impl AsyncWrite for Watched {
 enum Ended {
     /// The connection finished (the client closed it, or it failed).
     Done(hyper::Result<()>),
-    /// Its header or idle deadline passed.
+    /// Its header, idle or write deadline passed.
     Expired,
     /// Shutdown found it idle or still sending headers.
     NotBusy,
@@ -326,9 +381,7 @@ async fn connection(
     shutdown: CancellationToken,
     force: CancellationToken,
 ) {
-    let activity = Arc::new(Activity(Mutex::new(Phase::Head {
-        since: Instant::now(),
-    })));
+    let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
@@ -514,7 +567,7 @@ mod tests {
             ..HttpSettings::default()
         };
         let opened = Instant::now();
-        let activity = Arc::new(Activity(Mutex::new(Phase::Head { since: opened })));
+        let activity = Arc::new(Activity::new());
         assert_eq!(
             activity.deadline(&settings),
             Some(opened + settings.header_timeout)
@@ -545,5 +598,28 @@ mod tests {
             activity.deadline(&settings),
             Some(Instant::now() + settings.header_timeout)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_stops_taking_has_a_write_deadline() {
+        let settings = HttpSettings {
+            write_timeout: Duration::from_secs(30),
+            ..HttpSettings::default()
+        };
+        let activity = Arc::new(Activity::new());
+        let _request = activity.begin();
+        assert_eq!(activity.deadline(&settings), None, "a request in progress");
+        let blocked = Instant::now();
+        assert!(activity.wrote::<()>(Poll::Pending).is_pending());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(activity.wrote::<()>(Poll::Pending).is_pending());
+        assert_eq!(
+            activity.deadline(&settings),
+            Some(blocked + settings.write_timeout),
+            "from the first blocked write"
+        );
+        // Any progress ends it.
+        assert!(activity.wrote(Poll::Ready(())).is_ready());
+        assert_eq!(activity.deadline(&settings), None);
     }
 }
