@@ -444,16 +444,19 @@ impl Webhook {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookInput {
     /// 1 to 128 characters.
-    #[cfg_attr(feature = "openapi", schema(example = "CRM sync"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "CRM sync", min_length = 1, max_length = 128)
+    )]
     pub name: Option<String>,
     /// Absolute https URL (http only where the deployment allows it).
     #[cfg_attr(
         feature = "openapi",
-        schema(example = "https://crm.example.com/hooks/courier")
+        schema(example = "https://crm.example.com/hooks/courier", max_length = 2048)
     )]
     pub url: Option<String>,
-    /// Event keys or patterns (`Account.*`, `*.EntityDeleted`, `*`); each must match a catalog key.
-    #[cfg_attr(feature = "openapi", schema(example = json!(["Prospect.*"])))]
+    /// Event keys or patterns (`Account.*`, `*.EntityDeleted`, `*`), 1 to 64; each must match a catalog key.
+    #[cfg_attr(feature = "openapi", schema(example = json!(["Prospect.*"]), min_items = 1, max_items = 64))]
     pub events: Option<Vec<String>>,
     /// 0 or 1 sends each event alone; N from 2 to 10 groups up to N events per delivery.
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
@@ -467,7 +470,7 @@ pub struct WebhookInput {
     pub timeout_ms: Option<i64>,
     /// Custom headers sent with every delivery (reserved names refused), e.g. the
     /// receiver's API key. Their values are secrets: stored encrypted and never shown
-    /// again; reads list only their names, as `headerNames`.
+    /// again; reads list only their names, as `headerNames`. At most 20.
     #[cfg_attr(feature = "openapi", schema(example = json!({"Authorization": "Bearer receiver-api-key"})))]
     pub headers: Option<BTreeMap<String, String>>,
     pub signature_scheme: Option<SignatureScheme>,
@@ -495,8 +498,11 @@ impl std::fmt::Debug for WebhookInput {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookPatch {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
     pub url: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 64))]
     pub events: Option<Vec<String>>,
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
     pub throttling: Option<i64>,

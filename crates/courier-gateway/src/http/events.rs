@@ -36,7 +36,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct IngestEventDoc {
     /// 1–128 characters of `[A-Za-z0-9_.:-]`, the dedupe key within the tenant;
     /// `evt_` + UUIDv7 when absent.
-    #[schema(example = "evt_0192f1c2-7c1e-7d3a-9a40-1f2e3d4c5b6a")]
+    #[schema(
+        example = "evt_0192f1c2-7c1e-7d3a-9a40-1f2e3d4c5b6a",
+        min_length = 1,
+        max_length = 128
+    )]
     id: Option<String>,
     /// Must equal the API key's tenant if given.
     tenant_id: Option<String>,
@@ -46,7 +50,9 @@ struct IngestEventDoc {
     event_type: String,
     #[schema(example = json!({"objectId": "prospect_123", "email": "jane@example.com"}))]
     data: serde_json::Map<String, Value>,
-    /// Changed fields of an update event.
+    /// Changed fields of an update event: at most 500 names, each 1 to 128
+    /// characters.
+    #[schema(max_items = 500)]
     properties_updated: Option<Vec<String>>,
     /// Defaults to the time of receipt.
     occurred_at: Option<chrono::DateTime<Utc>>,
