@@ -113,7 +113,7 @@ pub async fn handle(p: &Pipeline, delivery: &Delivery) -> Settle {
     span.record("webhook_id", job.webhook_id.as_str());
     span.record("series", job.series);
     span.record("attempt", job.attempt);
-    let holder = format!("{}:d{}", p.instance, delivery.delivery_tag);
+    let holder = p.holder("d");
     let carried = Carried::of(&delivery.properties);
     match queued(p, &job, &holder, &carried).await {
         // Stored state the job needs cannot be read: trying again never helps.

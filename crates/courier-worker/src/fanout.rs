@@ -84,7 +84,7 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
         Err(e) => return unavailable(p, delivery, &e, "could not read webhooks").await,
     };
     let now = Utc::now();
-    let holder = format!("{}:e{}", p.instance, delivery.delivery_tag);
+    let holder = p.holder("e");
     // A redelivered event may have had attempts under way when its worker died (or
     // lost the broker): everything it gets goes through the queue then, where an
     // attempt waits for a lost one's lease to end instead of holding this stage.

@@ -74,10 +74,25 @@ pub struct Pipeline {
     pub batch_timing: courier_store::batch::BatchTiming,
     /// This instance's id, part of every claim it holds.
     pub instance: String,
+    /// Messages received so far, numbering each message's claims.
+    pub received: std::sync::atomic::AtomicU64,
     /// This instance's tracer provider, tracer and propagator.
     pub traces: courier_telemetry::Traces,
     /// Whether deliveries carry the `traceparent` of their attempt's span.
     pub propagate_traceparent: bool,
+}
+
+impl Pipeline {
+    /// The holder of the claims made for one received message: unique to it within
+    /// the instance, across reconnections (which start delivery tags over), so that
+    /// a message delivered again while its first delivery's attempt still runs
+    /// waits for that attempt's lease instead of taking it for its own.
+    pub fn holder(&self, stage: &str) -> String {
+        let n = self
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}:{stage}{n}", self.instance)
+    }
 }
 
 /// Consumes events, delivery jobs and parked-message copies until `shutdown` fires
@@ -137,6 +152,7 @@ pub async fn run(
             lease: config.batch_lease,
         },
         instance: uuid::Uuid::new_v4().simple().to_string(),
+        received: std::sync::atomic::AtomicU64::new(0),
         traces: traces.clone(),
         propagate_traceparent: config.propagate_traceparent,
     });
