@@ -172,7 +172,7 @@ async fn create(
     {
         CreateWebhook::Created => {}
         // The tenant was deleted while the request ran: its key is no longer valid.
-        CreateWebhook::TenantGone => return Err(ApiError::unauthorized()),
+        CreateWebhook::TenantGone => return Err(ApiError::tenant_key_required()),
         CreateWebhook::LimitReached(limit) => {
             return Err(ApiError::conflict(format!(
                 "this tenant already has {limit} webhooks, the most allowed; delete one first"
