@@ -1047,6 +1047,29 @@ async fn the_catalog_and_the_openapi_document_are_served() {
     schemas::assert_valid("batch-envelope.schema.json", &example);
     assert_eq!(example["events"][0]["objectType"], "Prospect");
     assert!(example["events"][0]["propertiesUpdated"].is_array());
+    // Keys in the order a subscriber receives them: the envelope's, and the
+    // catalog's for the example data.
+    let text = api
+        .http
+        .get(format!(
+            "{}/v1/event-types/Prospect.EntityUpdated/example",
+            api.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let order = |keys: &[&str]| {
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{keys:?} in {text}");
+    };
+    order(&["batchId", "eventCount", "isBatch", "timestamp", "events"]);
+    order(&["objectId", "accountId", "firstName", "lastName", "email"]);
     let (status, body) = api.get("/v1/event-types/Nope.Nothing/example", "").await;
     assert_error(status, &body, 404, "not_found");
 

@@ -437,8 +437,7 @@ async fn send_test(
     let example = state
         .catalog
         .get(&event_key)
-        .map(|e| serde_json::to_string(&e.example).unwrap_or_else(|_| "{}".into()))
-        .unwrap_or_else(|| "{}".into());
+        .map_or_else(|| "{}".into(), |e| e.example.json().to_owned());
     let now = Utc::now();
     let event_id = EventId::generate();
     let event = EnvelopeEvent {
