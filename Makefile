@@ -6,11 +6,12 @@ COURIER_BIN_DIR ?= $(CURDIR)/target/debug
 export COURIER_BIN_DIR
 
 .DEFAULT_GOAL := help
-.PHONY: help services build run test lint fmt clean
+.PHONY: help services build build-services run reset test lint fmt clean
 
 help:
 	@echo "Courier make targets:"
-	@echo "  make run       start RabbitMQ and Redis (installing them if absent), build, run gateway + worker (dev profile)"
+	@echo "  make run       start RabbitMQ and Redis (installing them if absent), build and run gateway + worker (dev profile)"
+	@echo "  make reset     remove the queues, exchanges and Redis keys of make run's prefix (COURIER_PREFIX, default courier-dev.)"
 	@echo "  make test      start RabbitMQ and Redis, build, run the whole test suite and Schemathesis"
 	@echo "  make bench     start RabbitMQ and Redis, build release binaries, run the benchmark (BENCH_ARGS=--quick for a smoke run)"
 	@echo "  make services  only make RabbitMQ and Redis reachable (COURIER_AMQP_URL, COURIER_REDIS_URL)"
@@ -28,8 +29,19 @@ services:
 build:
 	$(CARGO) build --bins
 
-run: services build
+# Only what make run runs: the gateway and the worker.
+build-services:
+	$(CARGO) build --bins -p courier-gateway -p courier-worker
+
+# Stops on Ctrl-C, or on SIGTERM to make's pid (from a script: a background job
+# of a script ignores SIGINT); see deploy/run-dev.sh.
+run: services build-services
 	bash deploy/run-dev.sh
+
+# The dev services' prefix, as deploy/run-dev.sh sets it; stop make run first.
+COURIER_DEV_PREFIX ?= $(if $(filter undefined,$(origin COURIER_PREFIX)),courier-dev.,$(COURIER_PREFIX))
+reset: services
+	COURIER_PROFILE=dev COURIER_PREFIX="$(COURIER_DEV_PREFIX)" $(CARGO) run --quiet -p courier-gateway -- reset
 
 # The suite, then Schemathesis against the gateway's OpenAPI document (about a
 # minute and a half); both always run, and either failing fails the target.
