@@ -4,17 +4,23 @@ CARGO ?= cargo
 # where the tests find courier-gateway and courier-worker to run them as child processes
 COURIER_BIN_DIR ?= $(CURDIR)/target/debug
 export COURIER_BIN_DIR
+# Development builds (make build, run, test, schemathesis) leave out the
+# services' default feature, jemalloc: building it is the longest step of a
+# first build, and the allocator changes no behaviour. Release builds (make
+# bench, deploy/Dockerfile) keep it. DEV_FEATURES= builds as release does.
+DEV_FEATURES ?= --no-default-features
 
 .DEFAULT_GOAL := help
-.PHONY: help services build run test lint fmt clean
+.PHONY: help services build build-services run reset test lint fmt clean
 
 help:
 	@echo "Courier make targets:"
-	@echo "  make run       start RabbitMQ and Redis (installing them if absent), build, run gateway + worker (dev profile)"
+	@echo "  make run       start RabbitMQ and Redis (installing them if absent), build and run gateway + worker (dev profile)"
+	@echo "  make reset     remove the queues, exchanges and Redis keys of make run's prefix (COURIER_PREFIX, default courier-dev.)"
 	@echo "  make test      start RabbitMQ and Redis, build, run the whole test suite and Schemathesis"
 	@echo "  make bench     start RabbitMQ and Redis, build release binaries, run the benchmark (BENCH_ARGS=--quick for a smoke run)"
 	@echo "  make services  only make RabbitMQ and Redis reachable (COURIER_AMQP_URL, COURIER_REDIS_URL)"
-	@echo "  make build     cargo build --bins"
+	@echo "  make build     cargo build --bins (without jemalloc, as make run and make test build)"
 	@echo "  make lint      rustfmt check and clippy with warnings as errors"
 	@echo "  make lint-deploy  hadolint, compose schema, helm lint, Kubernetes schema checks of deploy/"
 	@echo "  make fuzz      run each fuzz target for FUZZ_SECONDS (installs cargo-fuzz if absent)"
@@ -26,18 +32,29 @@ services:
 	bash deploy/services.sh
 
 build:
-	$(CARGO) build --bins
+	$(CARGO) build --bins $(DEV_FEATURES)
 
-run: services build
+# Only what make run runs: the gateway and the worker.
+build-services:
+	$(CARGO) build --bins -p courier-gateway -p courier-worker $(DEV_FEATURES)
+
+# Stops on Ctrl-C, or on SIGTERM to make's pid (from a script: a background job
+# of a script ignores SIGINT); see deploy/run-dev.sh.
+run: services build-services
 	bash deploy/run-dev.sh
+
+# The dev services' prefix, as deploy/run-dev.sh sets it; stop make run first.
+COURIER_DEV_PREFIX ?= $(if $(filter undefined,$(origin COURIER_PREFIX)),courier-dev.,$(COURIER_PREFIX))
+reset: services
+	COURIER_PROFILE=dev COURIER_PREFIX="$(COURIER_DEV_PREFIX)" $(CARGO) run --quiet -p courier-gateway $(DEV_FEATURES) -- reset
 
 # The suite, then Schemathesis against the gateway's OpenAPI document (about a
 # minute and a half); both always run, and either failing fails the target.
 test: services
-	$(CARGO) build --bins
+	$(CARGO) build --bins $(DEV_FEATURES)
 	bash deploy/check-openapi.sh
 	@status=0; \
-	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh || status=$$?; \
+	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" CARGO="$(CARGO)" bash deploy/run-tests.sh $(DEV_FEATURES) || status=$$?; \
 	echo "== schemathesis"; \
 	COURIER_BIN_DIR="$(COURIER_BIN_DIR)" bash deploy/schemathesis.sh || { [ $$status -ne 0 ] || status=1; }; \
 	exit $$status
@@ -83,5 +100,5 @@ fuzz:
 # seeded tenant, local RabbitMQ and Redis): no 5xx, no undocumented answer.
 .PHONY: schemathesis
 schemathesis: services
-	$(CARGO) build --bins -p courier-gateway
+	$(CARGO) build --bins -p courier-gateway $(DEV_FEATURES)
 	bash deploy/schemathesis.sh

@@ -1,36 +1,53 @@
 #!/usr/bin/env python3
 """A webhook receiver for trying Courier by hand.
 
-Listens on 127.0.0.1 (or --host), prints every POST it gets (path, the webhook headers and
+Listens on 127.0.0.1 (or --host), prints every POST it gets (path, every header and
 the pretty-printed JSON body) and answers 204 No Content. With --secret it also
-verifies the Standard Webhooks signature.
+verifies the Standard Webhooks signature. It takes POSTs on any path, or with
+--path only on that one (others get 404).
 
     python3 deploy/echo_receiver.py --port 9000
-    python3 deploy/echo_receiver.py --port 9000 --secret whsec_...
+    python3 deploy/echo_receiver.py --port 9000 --secret whsec_... --path /webhooks/courier
 
-It also checks the `hmac-sha256-hex` scheme (`x-courier-signature`) when a
-request carries that header. Standard library only.
+Headers Courier sets, and the standard ones, are printed as they are; the values
+of any other header (a webhook's custom headers, such as the receiver's own
+`Authorization` or `X-Api-Key`, are secrets) are masked after their first 4
+characters. It also checks the `hmac-sha256-hex` scheme (`x-courier-signature`)
+when a request carries that header. Standard library only.
 """
 
 import argparse
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SHOWN_HEADERS = (
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "x-courier-signature",
-    "x-courier-signature-previous",
-    "x-courier-delivery-id",
-    "x-courier-attempt",
+# Headers printed as they are: Courier's own and standard ones that carry no secret.
+# Every other header's value is masked (see `shown`).
+PLAIN_HEADERS = {
+    "accept",
+    "accept-encoding",
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "traceparent",
+    "tracestate",
     "user-agent",
-)
+}
+PLAIN_PREFIXES = ("webhook-", "x-courier-")
+
+
+def shown(name, value):
+    """The value to print for header `name`: as it is, or its first 4 characters and ***."""
+    lower = name.lower()
+    if lower in PLAIN_HEADERS or lower.startswith(PLAIN_PREFIXES):
+        return value
+    return value[:4] + "***"
 
 
 def secret_key(secret):
@@ -68,15 +85,19 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "CourierEchoReceiver/0.1"
     secret = None  # the whsec_ string when --secret is given
     key = None  # its HMAC key
+    path_only = None  # --path: the only path taken
 
     def do_POST(self):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        if self.path_only is not None and self.path.split("?", 1)[0] != self.path_only:
+            print("\nPOST %s: not %s, answered 404" % (self.path, self.path_only), flush=True)
+            self.send_response(404)
+            self.end_headers()
+            return
         lines = ["", "POST %s" % self.path]
-        for name in SHOWN_HEADERS:
-            value = self.headers.get(name)
-            if value is not None:
-                lines.append("  %s: %s" % (name, value))
+        for name, value in self.headers.items():
+            lines.append("  %s: %s" % (name.lower(), shown(name, value)))
         if self.key is not None and self.headers.get("x-courier-signature") is not None:
             ok = verify_hex(
                 self.secret,
@@ -118,6 +139,10 @@ def self_test():
     assert not verify(key, msg_id, ts, body, "v2," + want)
     assert sign(secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".rstrip("=")), msg_id, ts, body) == want
     assert verify_hex("s", b"{}", "sha256=" + hmac.new(b"s", b"{}", hashlib.sha256).hexdigest())
+    assert shown("X-Api-Key", "abcdefgh") == "abcd***"
+    assert shown("Authorization", "Bearer s3cret") == "Bear***"
+    assert shown("webhook-id", "35dfc8b5") == "35dfc8b5"
+    assert shown("traceparent", "00-ab-cd-01") == "00-ab-cd-01"
     print("self-test: ok")
 
 
@@ -126,6 +151,7 @@ def main():
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
     parser.add_argument("--secret", help="the webhook's whsec_... secret, to verify signatures")
+    parser.add_argument("--path", help="take POSTs on this path only, e.g. /webhooks/courier (default: any path)")
     parser.add_argument("--self-test", action="store_true", help="check the signing code and exit")
     args = parser.parse_args()
 
@@ -139,10 +165,29 @@ def main():
         except (binascii.Error, ValueError):
             parser.error("--secret must be whsec_ followed by base64")
 
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    if args.path is not None:
+        if not args.path.startswith("/"):
+            parser.error("--path must start with /")
+        Handler.path_only = args.path
+    try:
+        server = ThreadingHTTPServer((args.host, args.port), Handler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            sys.exit(
+                "echo_receiver: port %d is in use, maybe by an echo receiver started earlier: "
+                "stop that one (Ctrl-C in its terminal, or kill %%1 / kill <pid> if it runs in "
+                "the background) or pass another --port" % args.port
+            )
+        raise
     print(
-        "listening on http://%s:%d%s (Ctrl-C to stop)"
-        % (args.host, args.port, ", verifying signatures" if Handler.key is not None else ""),
+        "listening on http://%s:%d%s%s%s (Ctrl-C to stop)"
+        % (
+            args.host,
+            args.port,
+            args.path or "/",
+            "" if args.path else " on any path",
+            ", verifying signatures" if Handler.key is not None else "",
+        ),
         flush=True,
     )
     try:

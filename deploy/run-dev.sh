@@ -6,10 +6,19 @@
 #   COURIER_GATEWAY_ADDR       default 127.0.0.1:8080
 #   COURIER_WORKER_ADMIN_ADDR  default 127.0.0.1:9090
 #   COURIER_ADMIN_TOKEN        default dev-admin-token
+#   COURIER_PREFIX             default courier-dev. (every queue, exchange and Redis
+#                              key of the dev services starts with it; `make reset`
+#                              removes them); set it empty for none
 #
-# Ctrl-C (or SIGTERM) stops both and exits 0. If one of them exits on its own,
-# the other is stopped and the script exits with the status of the first.
-# A second Ctrl-C while they shut down kills them.
+# Ctrl-C or SIGTERM stops both and exits 0 once both have stopped. If one of them
+# exits on its own, the other is stopped and the script exits with the status of
+# the first. A second Ctrl-C or SIGTERM while they shut down kills them. If this
+# script is killed outright (SIGKILL), the services get SIGTERM from the kernel
+# (when setpriv is installed).
+#
+# From a script, stop it with SIGTERM: a job a script starts in the background
+# ignores SIGINT (the shell sets it up so), and so would `make run`, which
+# passes SIGTERM on to this script and waits for it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +33,7 @@ export COURIER_PROFILE=dev
 export COURIER_GATEWAY_ADDR=${COURIER_GATEWAY_ADDR:-127.0.0.1:8080}
 export COURIER_WORKER_ADMIN_ADDR=${COURIER_WORKER_ADMIN_ADDR:-127.0.0.1:9090}
 export COURIER_ADMIN_TOKEN=${COURIER_ADMIN_TOKEN:-dev-admin-token}
+export COURIER_PREFIX=${COURIER_PREFIX-courier-dev.}
 
 for name in courier-gateway courier-worker; do
     if [[ ! -x $bin_dir/$name ]]; then
@@ -56,9 +66,16 @@ trap on_signal INT TERM
 # whatever happens to this script, do not leave the services behind
 trap 'stop_children TERM' EXIT
 
-"$bin_dir/courier-gateway" &
+# The services get SIGTERM when this script dies, however it dies.
+if command -v setpriv >/dev/null 2>&1 && setpriv --pdeathsig TERM true 2>/dev/null; then
+    with_parent=(setpriv --pdeathsig TERM)
+else
+    with_parent=()
+fi
+
+"${with_parent[@]}" "$bin_dir/courier-gateway" &
 gateway_pid=$!
-"$bin_dir/courier-worker" &
+"${with_parent[@]}" "$bin_dir/courier-worker" &
 worker_pid=$!
 
 cat <<EOF
@@ -66,8 +83,9 @@ Courier is running (profile: dev)
   API          http://$COURIER_GATEWAY_ADDR
   admin token  $COURIER_ADMIN_TOKEN
   worker admin http://$COURIER_WORKER_ADMIN_ADDR
+  prefix       ${COURIER_PREFIX:-(none)} (make reset removes its queues and keys)
   gateway pid $gateway_pid, worker pid $worker_pid
-Ctrl-C stops both.
+Ctrl-C (or SIGTERM to pid $$) stops both.
 EOF
 
 alive() { kill -0 "$1" 2>/dev/null; }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, then prints how long each suite (test binary) took,
+# Runs the whole test suite and the README walk-through (tests/walkthrough.py),
+# then prints how long each suite (test binary, or the walk-through) took,
 # slowest first, and one line of totals over every test binary (cargo prints a
 # result line per binary, the last of which may be an empty doc-test run).
 set -uo pipefail
@@ -10,6 +11,22 @@ trap 'rm -f "$log"' EXIT
 
 "$cargo" test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+
+# The README's walk-through, run verbatim against the dev services (it needs the
+# built binaries, as the end-to-end tests do). Its time and result are written in
+# cargo's form so that they count below like any suite.
+echo
+echo "     Running tests/walkthrough.py" | tee -a "$log"
+started=$(date +%s.%N)
+python3 "$(dirname "${BASH_SOURCE[0]}")/../tests/walkthrough.py"
+walkthrough=$?
+seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+if ((walkthrough == 0)); then
+    echo "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in ${seconds}s" | tee -a "$log"
+else
+    echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in ${seconds}s" | tee -a "$log"
+    status=1
+fi
 
 echo
 echo "suite times (seconds, slowest first):"

@@ -22,12 +22,13 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const RETENTION: Duration = Duration::from_secs(3600);
 
+/// An event whose `data` keys are not in alphabetical order, as sent.
 fn event(id: &str) -> EnvelopeEvent {
-    serde_json::from_value(json!({
-        "eventId": id, "eventType": "EntityCreated", "objectType": "Prospect",
-        "data": {"objectId": "prospect_123", "email": "jane@example.com"},
-        "propertiesUpdated": null, "occurredAt": "2026-04-23T10:14:10Z"
-    }))
+    serde_json::from_str(&format!(
+        r#"{{"eventId": "{id}", "eventType": "EntityCreated", "objectType": "Prospect",
+            "data": {{"z": 1, "objectId": "prospect_123", "email": "jane@example.com", "a": 2}},
+            "propertiesUpdated": null, "occurredAt": "2026-04-23T10:14:10Z"}}"#
+    ))
     .unwrap()
 }
 
@@ -217,6 +218,28 @@ async fn deliveries_are_listed_newest_first_by_cursor_and_status_to_their_tenant
     assert_eq!(d["attempts"][0]["error"], "timeout");
     assert_eq!(d["attempts"][1]["statusCode"], 500);
     assert_eq!(d["reason"], "the endpoint answered 500");
+    // The payload is the body as sent, byte for byte: keys in the order sent.
+    let text = api
+        .http
+        .get(format!("{}/v1/deliveries/{}", api.base, one.batch_id))
+        .bearer_auth(&tenant.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!("\"payload\":{}", one.payload.get())),
+        "{text}"
+    );
+    assert!(
+        one.payload.get().contains(
+            r#""data":{"z": 1, "objectId": "prospect_123", "email": "jane@example.com", "a": 2}"#
+        ),
+        "{}",
+        one.payload.get()
+    );
 
     // Another tenant sees none of it.
     let other = api.tenant("globex").await;

@@ -36,6 +36,66 @@ async fn issue_key(api: &Api, tenant: &TenantHandle, scopes: Value) -> (String, 
     (text("id"), text("key"))
 }
 
+/// A 401 names the credential the route takes (tenant key, admin token, or
+/// either) and reads the same whatever was sent, so it tells nothing of which keys
+/// exist.
+#[tokio::test]
+async fn unauthorized_answers_name_the_credential_the_route_needs() {
+    let env = TestEnv::new("unauthorized").await;
+    let gateway = env.start_gateway(env.gateway_config()).await;
+    let api = Api::new(&gateway);
+    let acme = api.tenant("acme").await;
+    let revoked = {
+        let (id, key) = issue_key(&api, &acme, json!(["read"])).await;
+        let path = format!("/v1/tenants/{}/keys/{id}", acme.id);
+        assert_eq!(api.delete(&path, ADMIN_TOKEN).await.0, 204);
+        key
+    };
+    let message = |body: &Value| body["error"]["message"].as_str().unwrap().to_owned();
+
+    // A tenant route: the admin token, a revoked key, a made-up key, nothing.
+    let mut seen = Vec::new();
+    for token in [ADMIN_TOKEN, revoked.as_str(), "ck_made_up", ""] {
+        let (status, body) = api.get("/v1/webhooks", token).await;
+        assert_error(status, &body, 401, "unauthorized");
+        seen.push(message(&body));
+    }
+    assert!(seen.iter().all(|m| m == &seen[0]), "{seen:?}");
+    assert!(seen[0].contains("tenant API key"), "{}", seen[0]);
+    assert!(
+        seen[0].contains("POST /v1/tenants/{id}/keys"),
+        "{}",
+        seen[0]
+    );
+
+    // An operator route: a valid tenant key, a made-up token, nothing.
+    let mut seen = Vec::new();
+    for token in [acme.key.as_str(), "not-the-token", ""] {
+        let (status, body) = api.get("/v1/tenants", token).await;
+        assert_error(status, &body, 401, "unauthorized");
+        seen.push(message(&body));
+    }
+    assert!(seen.iter().all(|m| m == &seen[0]), "{seen:?}");
+    assert!(seen[0].contains("admin token"), "{}", seen[0]);
+    assert!(
+        seen[0].contains("tenant API keys are not accepted"),
+        "{}",
+        seen[0]
+    );
+
+    // A route either may use.
+    let (status, body) = api.get("/v1/audit-log", &revoked).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let m = message(&body);
+    assert!(
+        m.contains("tenant API key") && m.contains("admin token"),
+        "{m}"
+    );
+
+    gateway.stop().await.unwrap();
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn tenants_and_keys_are_managed_by_the_operator_only() {
     let env = TestEnv::new("tenants").await;
@@ -987,6 +1047,29 @@ async fn the_catalog_and_the_openapi_document_are_served() {
     schemas::assert_valid("batch-envelope.schema.json", &example);
     assert_eq!(example["events"][0]["objectType"], "Prospect");
     assert!(example["events"][0]["propertiesUpdated"].is_array());
+    // Keys in the order a subscriber receives them: the envelope's, and the
+    // catalog's for the example data.
+    let text = api
+        .http
+        .get(format!(
+            "{}/v1/event-types/Prospect.EntityUpdated/example",
+            api.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let order = |keys: &[&str]| {
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{keys:?} in {text}");
+    };
+    order(&["batchId", "eventCount", "isBatch", "timestamp", "events"]);
+    order(&["objectId", "accountId", "firstName", "lastName", "email"]);
     let (status, body) = api.get("/v1/event-types/Nope.Nothing/example", "").await;
     assert_error(status, &body, 404, "not_found");
 

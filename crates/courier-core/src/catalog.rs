@@ -149,13 +149,76 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
+/// An example `data` object of the catalog, kept as its JSON text with the keys in
+/// the file's order (a `serde_json::Map` would sort them), without the whitespace
+/// between tokens: the text a subscriber receives in a test delivery, and the
+/// example envelope shows.
+#[derive(Debug, Clone)]
+pub struct Example(Box<serde_json::value::RawValue>);
+
+impl Example {
+    /// Parses an example: a JSON object.
+    pub fn parse(json: &str) -> Result<Self, CatalogError> {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+            .map_err(|e| CatalogError::BadFile(format!("an example is not a JSON object: {e}")))?;
+        serde_json::value::RawValue::from_string(compact(json))
+            .map(Self)
+            .map_err(|e| CatalogError::BadFile(e.to_string()))
+    }
+
+    /// The example as JSON text, keys in the catalog's order.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The example as JSON, for embedding in an envelope.
+    pub fn raw(&self) -> &serde_json::value::RawValue {
+        &self.0
+    }
+}
+
+/// `json` (valid JSON) without the whitespace between its tokens; strings, and so
+/// the order and spelling of everything, as they are.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => escaped = false,
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Serialize for Example {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Example {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        Self::parse(raw.get()).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One entry of the catalog file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventType {
     pub key: String,
     pub description: String,
-    pub example: serde_json::Map<String, serde_json::Value>,
+    pub example: Example,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub example_properties_updated: Option<Vec<String>>,
 }
@@ -317,5 +380,23 @@ mod tests {
         let bad = r#"{"version":1,"eventTypes":[{"key":"AB","description":"x","example":{}}]}"#;
         assert!(Catalog::from_json(bad).is_err());
         assert!(Catalog::from_json(r#"{"version":1,"eventTypes":[]}"#).is_err());
+    }
+
+    #[test]
+    fn examples_keep_the_catalog_order_without_whitespace() {
+        let c = Catalog::from_json(
+            r#"{"version":1,"eventTypes":[{"key":"A.B","description":"x",
+                "example": { "z": 1, "a": [ "x y", "q\"\\ \n" ], "m" : {"b":true,"a":null} }}]}"#,
+        )
+        .unwrap();
+        let e = c.get(&key("A.B")).unwrap();
+        assert_eq!(
+            e.example.json(),
+            r#"{"z":1,"a":["x y","q\"\\ \n"],"m":{"b":true,"a":null}}"#
+        );
+        assert_eq!(serde_json::to_string(&e.example).unwrap(), e.example.json());
+        let not_object =
+            r#"{"version":1,"eventTypes":[{"key":"A.B","description":"x","example":[1]}]}"#;
+        assert!(Catalog::from_json(not_object).is_err());
     }
 }

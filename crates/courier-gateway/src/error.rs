@@ -56,11 +56,35 @@ impl ApiError {
         .with_details(json!(fields))
     }
 
-    pub fn unauthorized() -> Self {
+    /// 401 on a tenant route: the message says which credential the route takes, the
+    /// same whatever was sent, so that it tells nothing of whether a key exists.
+    pub fn tenant_key_required() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid key is required: Authorization: Bearer <key>",
+            "this route needs a tenant API key (Authorization: Bearer ck_...), as issued \
+             with the tenant or by POST /v1/tenants/{id}/keys; the operator's admin token \
+             is not one",
+        )
+    }
+
+    /// 401 on an operator route (see [`Self::tenant_key_required`]).
+    pub fn admin_token_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs the operator's admin token (COURIER_ADMIN_TOKEN) as \
+             Authorization: Bearer <token>; tenant API keys are not accepted here",
+        )
+    }
+
+    /// 401 on a route that either credential may use.
+    pub fn credential_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs a tenant API key (Authorization: Bearer ck_...) or the \
+             operator's admin token (COURIER_ADMIN_TOKEN)",
         )
     }
 

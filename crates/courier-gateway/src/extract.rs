@@ -49,12 +49,12 @@ impl FromRequestParts<AppState> for TenantKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let key = bearer(parts).ok_or_else(ApiError::tenant_key_required)?;
         state
             .api_key(key)
             .await?
             .map(TenantKey)
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(ApiError::tenant_key_required)
     }
 }
 
@@ -67,7 +67,7 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match bearer(parts) {
             Some(token) if state.is_admin_token(token) => Ok(Admin),
-            _ => Err(ApiError::unauthorized()),
+            _ => Err(ApiError::admin_token_required()),
         }
     }
 }
@@ -187,7 +187,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let token = bearer(parts).ok_or_else(ApiError::credential_required)?;
         if state.is_admin_token(token) {
             return Ok(Caller::Operator);
         }
@@ -195,7 +195,7 @@ impl FromRequestParts<AppState> for Caller {
             .api_key(token)
             .await?
             .map(Caller::Tenant)
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(ApiError::credential_required)
     }
 }
 

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 /// jemalloc: every message allocates many small, short-lived buffers (frames, JSON,
 /// headers) on one thread and frees them on another; the system allocator spent
 /// about a third of the worker's CPU on that (docs/performance.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

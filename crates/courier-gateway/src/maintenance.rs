@@ -5,9 +5,14 @@
 //!   and custom header value under the newest key of `COURIER_SECRET_KEYS`, the
 //!   step of a key rotation between deploying `new,old` and dropping `old` (and of
 //!   an upgrade from a version that stored header values in plaintext).
+//! - `courier-gateway reset`: deletes every queue, exchange and Redis key under
+//!   `COURIER_PREFIX`, in the dev profile only (`make reset`).
 
 use anyhow::Context as _;
+use courier_broker::Topology;
+use courier_core::retry::DelayLadder;
 use courier_store::{ReencryptReport, Store};
+use courier_telemetry::Profile;
 
 use crate::GatewayConfig;
 
@@ -18,6 +23,14 @@ pub enum Command {
     /// newest key of COURIER_SECRET_KEYS, print the counts, and exit (non-zero if
     /// any record failed). Safe while the services serve, and safe to run again.
     ReencryptSecrets,
+    /// Delete every queue, exchange and Redis key under COURIER_PREFIX, print what
+    /// went, and exit: a fresh start for a development setup. Dev profile only, with
+    /// a non-empty prefix; stop the services first.
+    Reset {
+        /// The worker's delay ladder, to find its delay queues.
+        #[arg(long, env = "COURIER_DELAY_LADDER", default_value = "1s,5s,30s,1m,5m,30m,1h,2h,6h", value_parser = DelayLadder::parse_list)]
+        delay_ladder: DelayLadder,
+    },
 }
 
 /// Runs `command`; the binary exits with its result.
@@ -40,7 +53,43 @@ pub async fn run(config: &GatewayConfig, command: &Command) -> anyhow::Result<()
             );
             Ok(())
         }
+        Command::Reset { delay_ladder } => reset(config, delay_ladder).await,
     }
+}
+
+/// Deletes the deployment's queues, exchanges and Redis keys (dev profile only).
+async fn reset(config: &GatewayConfig, ladder: &DelayLadder) -> anyhow::Result<()> {
+    let shared = &config.shared;
+    anyhow::ensure!(
+        shared.profile == Profile::Dev,
+        "reset deletes everything under COURIER_PREFIX: it runs in the dev profile only (COURIER_PROFILE=dev)"
+    );
+    anyhow::ensure!(
+        !shared.prefix.is_empty(),
+        "reset needs a COURIER_PREFIX: without one it would delete the names of every deployment on this broker and Redis"
+    );
+    let topology = Topology::new(shared.prefix.clone()).with_ladder(ladder.clone());
+    let conn = courier_broker::connect(
+        &shared.amqp_url,
+        "courier-gateway reset",
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    topology
+        .delete(&conn)
+        .await
+        .context("deleting the queues and exchanges")?;
+    let _ = conn.close(200, "reset").await;
+    let keys = Store::new(&shared.redis_url, &shared.prefix)?
+        .delete_all()
+        .await
+        .context("deleting the Redis keys")?;
+    println!(
+        "reset prefix '{}': its queues and exchanges are gone, and {keys} Redis key(s)",
+        shared.prefix
+    );
+    Ok(())
 }
 
 /// Re-encrypts every webhook record of the deployment under the newest key.

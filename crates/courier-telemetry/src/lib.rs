@@ -4,6 +4,7 @@
 //! - [`logging`]: the tracing subscriber (text or JSON lines).
 //! - [`traces`]: OpenTelemetry spans, one tracer provider per service instance, and
 //!   the W3C trace context in message and HTTP headers.
+//! - [`otlp_http`]: the HTTP client of the `http/protobuf` OTLP exporter.
 //! - [`metrics`]: Prometheus pieces both services use (broker and Redis figures).
 //! - [`shutdown`]: SIGTERM and SIGINT as a cancellation token.
 //! - [`serve`]: HTTP serving with header, body and idle deadlines, a cap on
@@ -11,6 +12,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod otlp_http;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;

@@ -329,10 +329,14 @@ fn otlp_exporter(
             .with_endpoint(endpoint)
             .build(),
         // Like the standard variable: the signal's path is appended to the base URL.
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig as _;
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(crate::otlp_http::BlockingClient::new()?)
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()
+        }
     };
     exporter.with_context(|| format!("configuring the OTLP exporter ({protocol:?})"))
 }

@@ -1,6 +1,8 @@
 //! The event catalog: the keys events may have, with descriptions and examples.
 
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use courier_core::catalog::EventKey;
@@ -8,8 +10,6 @@ use courier_core::envelope::BatchEnvelope;
 use courier_core::event::EnvelopeEvent;
 use courier_core::ids::{BatchId, EventId};
 use serde::Serialize;
-use serde_json::value::RawValue;
-use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,8 +30,9 @@ pub struct EventTypeView {
     #[schema(example = "Prospect.EntityCreated")]
     key: String,
     description: String,
-    /// An example of the event's `data`.
-    example: serde_json::Map<String, Value>,
+    /// An example of the event's `data`, keys in the catalog's order.
+    #[schema(value_type = Object)]
+    example: courier_core::catalog::Example,
     #[serde(skip_serializing_if = "Option::is_none")]
     example_properties_updated: Option<Vec<String>>,
 }
@@ -59,7 +60,8 @@ async fn list(State(state): State<AppState>) -> Json<EventTypeList> {
 }
 
 /// A batch envelope exactly as a subscriber would receive it for one event of `key`
-/// (see `proto-schemas/batch-envelope.schema.json`).
+/// (see `proto-schemas/batch-envelope.schema.json`): the body's bytes, keys in the
+/// order sent.
 #[utoipa::path(
     get, operation_id = "getEventTypeExample", path = "/v1/event-types/{key}/example", tag = "event-types",
     params(("key" = String, Path, description = "Event key, e.g. Prospect.EntityCreated")),
@@ -72,26 +74,22 @@ async fn list(State(state): State<AppState>) -> Json<EventTypeList> {
 async fn example(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let event_key = param("key", &key, EventKey::parse)?;
     let entry = state
         .catalog
         .get(&event_key)
         .ok_or_else(|| ApiError::not_found(format!("{key} is not an event type of the catalog")))?;
-    let data =
-        serde_json::to_string(&entry.example).map_err(|e| ApiError::dependency("catalog", &e))?;
     let now = Utc::now();
     let event = EnvelopeEvent {
         event_id: EventId::generate(),
         event_type: event_key.event_type().to_owned(),
         object_type: event_key.object_type().to_owned(),
-        data: RawValue::from_string(data).map_err(|e| ApiError::dependency("catalog", &e))?,
+        data: entry.example.raw().to_owned(),
         properties_updated: entry.example_properties_updated.clone(),
         occurred_at: now,
     };
     let events = [event];
     let body = BatchEnvelope::new(BatchId::generate(), now, &events).to_body();
-    let envelope =
-        serde_json::from_slice(&body).map_err(|e| ApiError::dependency("catalog", &e))?;
-    Ok(Json(envelope))
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }

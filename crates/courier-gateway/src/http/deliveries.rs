@@ -16,7 +16,6 @@ use courier_core::ids::{BatchId, TenantId, WebhookId};
 use courier_core::tenant::Scope;
 use courier_store::{BatchAttempts, DeliverySummary, IndexCursor, Span, Store};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -153,8 +152,9 @@ pub struct DeliveryDetail {
     updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
-    /// The batch envelope as sent.
-    payload: Value,
+    /// The batch envelope as sent: its bytes, keys in the order sent.
+    #[schema(value_type = Object)]
+    payload: Box<serde_json::value::RawValue>,
     /// Every attempt of every series, oldest first.
     attempts: Vec<AttemptView>,
 }
@@ -336,7 +336,7 @@ async fn read(
         created_at: r.created_at,
         updated_at: r.updated_at,
         reason: r.reason,
-        payload: serde_json::from_str(r.payload.get()).unwrap_or(Value::Null),
+        payload: r.payload,
         attempts: r.attempts.into_iter().map(AttemptView::from).collect(),
     }))
 }

@@ -172,7 +172,7 @@ async fn create(
     {
         CreateWebhook::Created => {}
         // The tenant was deleted while the request ran: its key is no longer valid.
-        CreateWebhook::TenantGone => return Err(ApiError::unauthorized()),
+        CreateWebhook::TenantGone => return Err(ApiError::tenant_key_required()),
         CreateWebhook::LimitReached(limit) => {
             return Err(ApiError::conflict(format!(
                 "this tenant already has {limit} webhooks, the most allowed; delete one first"
@@ -440,8 +440,7 @@ async fn send_test(
     let example = state
         .catalog
         .get(&event_key)
-        .map(|e| serde_json::to_string(&e.example).unwrap_or_else(|_| "{}".into()))
-        .unwrap_or_else(|| "{}".into());
+        .map_or_else(|| "{}".into(), |e| e.example.json().to_owned());
     let now = Utc::now();
     let event_id = EventId::generate();
     let event = EnvelopeEvent {
