@@ -141,18 +141,13 @@ async fn confirmed(
 /// an attempt times out (at most 30 s), so waiting longer would only add latency.
 pub const MAX_DEFERRAL: Duration = Duration::from_secs(30);
 
-/// Deferrals in the smallest rung of a job of a prompt webhook before the next.
-const PROMPT_DEFERRALS_PER_RUNG: usize = 2;
-
 /// The rung a job waits in at its `n`-th deferral (1-based). For a webhook that
-/// answers promptly and is only busy, the smallest rung twice (its slots free
-/// within a second), then the next one: a job that found no slot twice is behind a
-/// backlog, which then circles every few seconds rather than every second (1 s,
-/// 1 s, 5 s, 5 s, ... with the default ladder). For one that does not (a slow or
-/// stalling endpoint, one never seen to answer), the ladder's rungs up to
-/// [`MAX_DEFERRAL`] one after the other, then the last of them again (1 s, 5 s,
-/// 30 s, 30 s, ...; the smallest rung if it is longer). Each deferral is one
-/// message, however long its wait.
+/// answers promptly and is only busy, the smallest rung: its slots free within a
+/// second. For one that does not (a slow or stalling endpoint, one never seen to
+/// answer), the ladder's rungs up to [`MAX_DEFERRAL`] one after the other, then the
+/// last of them again (1 s, 5 s, 30 s, 30 s, ... with the default ladder; the
+/// smallest rung if it is longer). Each deferral is one message, however long its
+/// wait.
 pub fn deferral_rung(ladder: &DelayLadder, n: u32, prompt: bool) -> Duration {
     let rungs = ladder.rungs();
     let usable = rungs
@@ -160,11 +155,12 @@ pub fn deferral_rung(ladder: &DelayLadder, n: u32, prompt: bool) -> Duration {
         .take_while(|r| **r <= MAX_DEFERRAL)
         .count()
         .max(1);
-    let nth = usize::try_from(n.saturating_sub(1)).unwrap_or(usize::MAX);
     let i = if prompt {
-        (nth / PROMPT_DEFERRALS_PER_RUNG).min(1).min(usable - 1)
+        0
     } else {
-        nth.min(usable - 1)
+        usize::try_from(n.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(usable - 1)
     };
     rungs.get(i).copied().unwrap_or(Duration::from_secs(1))
 }
@@ -252,13 +248,8 @@ mod tests {
             deferral_rung(&short, u32::MAX, false),
             Duration::from_secs(1)
         );
-        // A prompt webhook is only busy: its jobs come back soon, those behind a
-        // backlog a little later.
-        assert_eq!(
-            waits(&DelayLadder::default(), true),
-            [1_000, 1_000, 5_000, 5_000, 5_000, 5_000]
-        );
-        assert_eq!(waits(&long, true), [60_000; 6]);
+        // A prompt webhook is only busy: its jobs come back soon.
+        assert_eq!(waits(&DelayLadder::default(), true), [1_000; 6]);
     }
 
     #[test]
