@@ -484,21 +484,36 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let wh = &current.webhook;
+        let next = next
+            .map(|w| seal_webhook(&self.keyring, w))
+            .unwrap_or_default();
+        self.swap_stored(&wh.tenant_id, &wh.id, &current.raw, &next, audit)
+            .await
+    }
+
+    /// Replaces the webhook's stored record `raw` by `next` (sealed; empty
+    /// deletes) with `audit`, unless it changed since; returns whether it was
+    /// applied.
+    async fn swap_stored(
+        &self,
+        tenant: &TenantId,
+        id: &WebhookId,
+        raw: &str,
+        next: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         let applied: i64 = SWAP_WEBHOOK
-            .key(self.keys.webhook(&wh.id))
-            .key(self.keys.tenant_webhooks(&wh.tenant_id))
-            .key(self.keys.audit(&wh.tenant_id))
+            .key(self.keys.webhook(id))
+            .key(self.keys.tenant_webhooks(tenant))
+            .key(self.keys.audit(tenant))
             .key(self.keys.audit_all())
-            .key(self.keys.deleted_webhooks(&wh.tenant_id))
-            .arg(&current.raw)
-            .arg(
-                next.map(|w| seal_webhook(&self.keyring, w))
-                    .unwrap_or_default(),
-            )
-            .arg(wh.id.as_str())
+            .key(self.keys.deleted_webhooks(tenant))
+            .arg(raw)
+            .arg(next)
+            .arg(id.as_str())
             .arg(self.keys.config_channel())
-            .arg(wh.tenant_id.as_str())
+            .arg(tenant.as_str())
             .arg(encode(audit))
             .arg(DELETED_REMEMBERED)
             .invoke_async(&mut *conn)
@@ -536,22 +551,7 @@ impl Store {
         let (Some(raw), true) = (raw, member) else {
             return Ok(false);
         };
-        let applied: i64 = SWAP_WEBHOOK
-            .key(self.keys.webhook(id))
-            .key(self.keys.tenant_webhooks(tenant))
-            .key(self.keys.audit(tenant))
-            .key(self.keys.audit_all())
-            .key(self.keys.deleted_webhooks(tenant))
-            .arg(&raw)
-            .arg("")
-            .arg(id.as_str())
-            .arg(self.keys.config_channel())
-            .arg(tenant.as_str())
-            .arg(encode(audit))
-            .arg(DELETED_REMEMBERED)
-            .invoke_async(&mut *conn)
-            .await?;
-        Ok(applied == 1)
+        self.swap_stored(tenant, id, &raw, "", audit).await
     }
 
     /// Every webhook of a tenant, in one round trip, oldest first. A record that

@@ -130,19 +130,22 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
             return Settle::Retry;
         }
     }
+    let single = |w: &courier_core::webhook::Webhook| {
+        DeliveryJob::single(
+            event.tenant.clone(),
+            w.id.clone(),
+            w.generation,
+            event.to_envelope_event(),
+            now,
+        )
+    };
     for w in webhooks
         .readable
         .iter()
         .filter(|w| w.wants(&event.key, event.properties_updated.as_deref()))
     {
         if !w.throttling.batches() {
-            let job = DeliveryJob::single(
-                event.tenant.clone(),
-                w.id.clone(),
-                w.generation,
-                event.to_envelope_event(),
-                now,
-            );
+            let job = single(w);
             if redelivered {
                 jobs.push((job, onward.clone()));
             } else {
@@ -168,13 +171,7 @@ async fn fan_out(p: &Pipeline, delivery: &Delivery, cx: &Context, carried: &Carr
             // The webhook's batch state is unreadable: the event ends failed for
             // this webhook alone, and goes on to the others.
             Err(e) if e.is_permanent() => {
-                let job = DeliveryJob::single(
-                    event.tenant.clone(),
-                    w.id.clone(),
-                    w.generation,
-                    event.to_envelope_event(),
-                    now,
-                );
+                let job = single(w);
                 tracing::error!(error = %e, webhook_id = %w.id, "a webhook's batch state cannot be read; the event ends failed for it");
                 let reason = format!(
                     "the webhook's waiting batch cannot be read ({e}); the event was not placed"
