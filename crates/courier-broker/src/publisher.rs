@@ -142,6 +142,11 @@ impl Publisher {
         })
     }
 
+    /// How long a confirm may take.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.confirm_timeout
+    }
+
     /// Sends the message and waits for the broker's confirm.
     pub async fn publish(&self, msg: Message<'_>) -> Result<(), BrokerError> {
         self.send(msg).await?.wait().await
@@ -166,7 +171,15 @@ impl Publisher {
 impl PendingConfirm {
     /// Ok only for an ack of a routed message.
     pub async fn wait(self) -> Result<(), BrokerError> {
-        let confirmation = tokio::time::timeout(self.timeout, self.confirm)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.wait_until(deadline).await
+    }
+
+    /// [`Self::wait`], with the confirm timeout ending at `deadline`: confirms
+    /// awaited one after the other under one deadline cost one timeout at most,
+    /// however many never come.
+    pub async fn wait_until(self, deadline: tokio::time::Instant) -> Result<(), BrokerError> {
+        let confirmation = tokio::time::timeout_at(deadline, self.confirm)
             .await
             .map_err(|_| BrokerError::ConfirmTimeout(self.timeout))??;
         match confirmation {

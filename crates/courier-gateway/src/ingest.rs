@@ -70,9 +70,9 @@ impl PublishReport {
     }
 }
 
-/// Publishes every event, pipelining the confirms: all are sent, then all awaited
-/// together, so that confirms that never come cost one confirm timeout, not one
-/// per event. The first failure to send stops the sending: the events after it
+/// Publishes every event, pipelining the confirms: all are sent, then awaited in
+/// order under one deadline, so that confirms that never come cost one confirm
+/// timeout, not one per event. The first failure to send stops the sending: the events after it
 /// are not sent.
 /// Each publish is a PRODUCER span, a child of the current context (the request's
 /// span), and its message carries that span's W3C context and the time of
@@ -136,11 +136,11 @@ pub async fn publish_events(
             }
         }
     }
-    let confirms = pending
-        .into_iter()
-        .map(|(i, confirm, cx, sent_at)| async move { (i, confirm.wait().await, cx, sent_at) });
-    for (i, confirmed, cx, sent_at) in futures::future::join_all(confirms).await {
-        let status = match confirmed {
+    // The confirms come in the background: awaited in order under one deadline,
+    // those that never come cost one timeout together.
+    let deadline = tokio::time::Instant::now() + publisher.confirm_timeout();
+    for (i, confirm, cx, sent_at) in pending {
+        let status = match confirm.wait_until(deadline).await {
             Ok(()) => {
                 metrics
                     .deps
